@@ -1,0 +1,95 @@
+"""Evaluate a grounding model on a COCO dataset with any backend.
+
+The backend is a function ``infer(images, query_embeds) -> (boxes, logits,
+class_logits)`` on numpy arrays, so the same evaluation scores PyTorch, ONNX
+Runtime and TensorRT. Query embeddings come from the model's query encoder,
+computed once per batch for the category names plus that batch's referring
+expressions.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vggt_deploy.bench.metrics import box_iou_xywh, coco_ground_truth, coco_map, topk_accuracy
+from vggt_deploy.data.coco import GroundingDataset
+from vggt_deploy.data.preprocess import preprocess
+from vggt_deploy.model.io import LoadedModel
+from vggt_deploy.postprocess import best_box, detections
+
+InferFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def torch_infer(model: torch.nn.Module) -> InferFn:
+    """The PyTorch model as an `InferFn` (float32, no grad)."""
+
+    @torch.no_grad()
+    def infer(images: np.ndarray, query_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = model(torch.from_numpy(images), torch.from_numpy(query_embeds))
+        return tuple(t.numpy() for t in out)
+
+    return infer
+
+
+@torch.no_grad()
+def query_embeddings(loaded: LoadedModel, texts: list[str]) -> np.ndarray:
+    """Embed texts with the model's own tokenizer and query encoder -> (Q, D) float32."""
+    ids = loaded.tokenizer.encode(texts, loaded.model.cfg.max_query_len)
+    return loaded.model.encode_queries(ids).numpy().astype(np.float32)
+
+
+def evaluate(
+    loaded: LoadedModel,
+    dataset: GroundingDataset,
+    infer: InferFn | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score `dataset` (or its first `limit` images) and return the metrics dict.
+
+    Keys: map, map50, map75, map_small, map_medium, map_large, refexp_acc,
+    num_refs, top1, top5, num_images, detections (COCO result dicts).
+    """
+    infer = infer or torch_infer(loaded.model)
+    records = dataset.records[:limit] if limit else dataset.records
+    dataset.check_images(records)
+    cat_ids = [cid for cid, _ in dataset.categories]
+    cat_embeds = query_embeddings(loaded, dataset.category_names)
+    pp = loaded.model.cfg.preprocess
+    dets: list[dict] = []
+    ref_hits: list[bool] = []
+    class_logits, labels = [], []
+    for start in tqdm(range(0, len(records), batch_size), desc="evaluating", unit="batch", disable=not progress):
+        batch = records[start : start + batch_size]
+        images = np.stack([preprocess(dataset.image(r), pp) for r in batch])
+        sentences = [s for r in batch for s, _ in r.refs]
+        queries = np.concatenate([cat_embeds, query_embeddings(loaded, sentences)]) if sentences else cat_embeds
+        boxes, logits, cls = infer(images, queries)
+        num_cats = q = len(cat_ids)  # q: column of the next referring expression
+        for i, r in enumerate(batch):
+            for box, query, score in detections(boxes[i], logits[i, :, :num_cats], r.width, r.height):
+                dets.append({"image_id": r.image_id, "category_id": cat_ids[query],
+                             "bbox": [round(float(v), 3) for v in box], "score": round(score, 6)})
+            for s, k in r.refs:
+                box, _ = best_box(boxes[i], logits[i], q, r.width, r.height)
+                ref_hits.append(box_iou_xywh(box, r.boxes[k]) >= 0.5)
+                q += 1
+            labels.append(cat_ids.index(r.label) if r.label in cat_ids else -1)
+        class_logits.append(cls)
+    metrics = coco_map(coco_ground_truth(records, dataset.categories), dets)
+    all_logits = np.concatenate(class_logits) if class_logits else np.zeros((0, 1))
+    label_arr = np.array(labels, dtype=np.int64)
+    metrics.update(
+        refexp_acc=float(np.mean(ref_hits)) if ref_hits else float("nan"),
+        num_refs=len(ref_hits),
+        top1=topk_accuracy(all_logits, label_arr, 1),
+        top5=topk_accuracy(all_logits, label_arr, 5),
+        num_images=len(records),
+        detections=dets,
+    )
+    return metrics

@@ -1,0 +1,164 @@
+"""The `vggt-deploy` command line: a thin click group.
+
+Each command parses its options, builds a typed config and calls one library
+function. A `UserError` becomes one line on stderr and exit code 2, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vggt_deploy.errors import UserError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "vggt_small"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vggt-deploy")
+def main() -> None:
+    """Export, quantize, build and benchmark VGGT grounding models for the edge.
+
+    Start with `vggt-deploy eval` on the shipped model, or `vggt-deploy data
+    generate` to see the synthetic grounding scenes it was trained on.
+    """
+
+
+@main.group()
+def data() -> None:
+    """Synthetic grounding data (COCO JSON + referring expressions)."""
+
+
+@data.command("generate")
+@click.option("--split", type=click.Choice(["train", "calib", "eval"]), default="eval", show_default=True,
+              help="Which deterministic split (each has its own seed, so splits are disjoint).")
+@click.option("--num-images", "-n", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--background", type=click.Choice(["clutter", "stripes"]), default="clutter", show_default=True,
+              help="Background style (the domain-shift knob).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write images/, instances.json and refs.json into (replaced atomically).")
+def data_generate(split: str, num_images: int, background: str, output: Path) -> None:
+    """Write a split as standard COCO JSON; the same options give byte-identical files."""
+    from vggt_deploy.data.coco import write_split
+    from vggt_deploy.data.scenes import SceneConfig
+
+    path = write_split(output, split, num_images, SceneConfig(background=background))
+    click.echo(f"wrote {num_images} images to {path}")
+
+
+@data.command("calib")
+@click.option("--num-images", "-n", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("calib_data"),
+              show_default=True, help="Folder for the JPEG images and manifest.json (replaced atomically).")
+def data_calib(num_images: int, output: Path) -> None:
+    """Write the calibration set (calibration split, disjoint from train and eval) with a manifest."""
+    from vggt_deploy.data.calib_set import write_calibration_set
+
+    path = write_calibration_set(output, num_images)
+    click.echo(f"wrote {num_images} calibration images and manifest.json to {path}")
+
+
+@main.command()
+@click.option("--model", "model_name", default="vggt_small", show_default=True, help="Registered config name.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Model folder to write (weights, config, vocabulary, train_log.jsonl, checkpoint/).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="COCO folder to train on (instances.json, refs.json, images/); default: synthetic scenes.")
+@click.option("--train-images", type=click.IntRange(1), default=40000, show_default=True,
+              help="Number of synthetic training scenes (ignored with --data).")
+@click.option("--steps", type=click.IntRange(1), default=6000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=float, default=4e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds Python, NumPy and torch; recorded.")
+@click.option("--lambda-loc", type=float, default=1.0, show_default=True, help="Weight of L_loc (L1 + GIoU).")
+@click.option("--lambda-ground", type=float, default=1.0, show_default=True, help="Weight of L_ground (contrastive).")
+@click.option("--cls-loss", type=click.Choice(["focal", "ce"]), default="focal", show_default=True)
+@click.option("--grounding-tokens", type=click.IntRange(1), default=None, help="Override N (a perfect square).")
+@click.option("--grounding-layers", default=None, help="Override the grounding layers, e.g. '2,4,6'.")
+@click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bfloat16 autocast.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint.")
+def train(model_name, output, data_dir, train_images, steps, batch_size, lr, seed, lambda_loc, lambda_ground,
+          cls_loss, grounding_tokens, grounding_layers, no_bf16, resume) -> None:
+    """Train a VGGT with the blended loss L = L_cls + λ_loc·L_loc + λ_ground·L_ground."""
+    import torch
+
+    from vggt_deploy.model.config import get_config
+    from vggt_deploy.train.data import dataset_train_data, synthetic_train_data
+    from vggt_deploy.train.losses import LossWeights
+    from vggt_deploy.train.loop import TrainConfig
+    from vggt_deploy.train.loop import train as run_training
+
+    overrides = {}
+    if grounding_tokens is not None:
+        overrides["num_grounding_tokens"] = grounding_tokens
+    if grounding_layers:
+        try:
+            overrides["grounding_layers"] = tuple(int(v) for v in grounding_layers.split(","))
+        except ValueError:
+            raise UserError(f"--grounding-layers: expected comma-separated integers, got {grounding_layers!r}") from None
+    cfg = get_config(model_name, **overrides)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    categories = None
+    if data_dir is not None:
+        from vggt_deploy.data.coco import load_coco
+
+        dataset = load_coco(data_dir)
+        data_ = dataset_train_data(dataset, cfg.preprocess)
+        categories = dataset.category_names
+        source = {"data": str(data_dir)}
+    else:
+        data_ = synthetic_train_data(train_images, cfg.preprocess)
+        source = {"data": f"synthetic train split, {train_images} images"}
+    train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=not no_bf16,
+                            loss=LossWeights(lambda_loc=lambda_loc, lambda_ground=lambda_ground, cls_loss=cls_loss))
+    path = run_training(cfg, data_, train_cfg, output, categories=categories, resume=resume, extra_meta=source)
+    click.echo(f"model written to {path}")
+
+
+@main.command("eval")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="Model folder (model.safetensors, config.json, vocab.json).")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="COCO folder to evaluate; default: the synthetic eval split (generated on first use).")
+@click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
+              help="Size of the synthetic eval split, or a limit on --data.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch_size: int, as_json: bool) -> None:
+    """Grounding mAP (pycocotools), referring-expression accuracy and top-1/top-5."""
+    from vggt_deploy.bench.evaluate import evaluate
+    from vggt_deploy.data.coco import load_coco, synthetic_split
+    from vggt_deploy.model.io import load_model
+
+    loaded = load_model(model_dir)
+    if data_dir is None:
+        dataset = load_coco(synthetic_split("eval", eval_images))
+        limit = None
+    else:
+        dataset = load_coco(data_dir)
+        limit = eval_images
+    metrics = evaluate(loaded, dataset, batch_size=batch_size, limit=limit, progress=not as_json)
+    metrics.pop("detections")
+    metrics = {"model": str(model_dir), "data": str(dataset.root), **metrics}
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        click.echo(f"{key:>12}: {value:.4f}" if isinstance(value, float) else f"{key:>12}: {value}")
+
+
+if __name__ == "__main__":
+    main()
