@@ -27,6 +27,18 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as a user would retype it: options that differ from their defaults."""
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == param.default or not isinstance(param, click.Option):
+            continue
+        opt = max(param.opts, key=len)
+        parts.append(opt if param.is_flag else f"{opt} {value}")
+    return " ".join(parts)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vggt-deploy")
 def main() -> None:
@@ -93,8 +105,6 @@ def data_calib(num_images: int, output: Path) -> None:
 def train(model_name, output, data_dir, train_images, steps, batch_size, lr, seed, lambda_loc, lambda_ground,
           cls_loss, grounding_tokens, grounding_layers, no_bf16, resume) -> None:
     """Train a VGGT with the blended loss L = L_cls + λ_loc·L_loc + λ_ground·L_ground."""
-    import torch
-
     from vggt_deploy.model.config import get_config
     from vggt_deploy.train.data import dataset_train_data, synthetic_train_data
     from vggt_deploy.train.losses import LossWeights
@@ -110,7 +120,6 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
         except ValueError:
             raise UserError(f"--grounding-layers: expected comma-separated integers, got {grounding_layers!r}") from None
     cfg = get_config(model_name, **overrides)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     categories = None
     if data_dir is not None:
         from vggt_deploy.data.coco import load_coco
@@ -122,6 +131,7 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
     else:
         data_ = synthetic_train_data(train_images, cfg.preprocess)
         source = {"data": f"synthetic train split, {train_images} images"}
+    source["train_command"] = _command_line(click.get_current_context())
     train_cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=not no_bf16,
                             loss=LossWeights(lambda_loc=lambda_loc, lambda_ground=lambda_ground, cls_loss=cls_loss))
     path = run_training(cfg, data_, train_cfg, output, categories=categories, resume=resume, extra_meta=source)
@@ -137,7 +147,9 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
               help="Size of the synthetic eval split, or a limit on --data.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch_size: int, as_json: bool) -> None:
+@click.option("--write-card", is_flag=True, help="Also (re)write MODEL_CARD.md and training_curve.png in the model folder.")
+def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch_size: int, as_json: bool,
+                 write_card: bool) -> None:
     """Grounding mAP (pycocotools), referring-expression accuracy and top-1/top-5."""
     from vggt_deploy.bench.evaluate import evaluate
     from vggt_deploy.data.coco import load_coco, synthetic_split
@@ -152,6 +164,13 @@ def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch
         limit = eval_images
     metrics = evaluate(loaded, dataset, batch_size=batch_size, limit=limit, progress=not as_json)
     metrics.pop("detections")
+    if write_card:
+        from vggt_deploy.model.card import write_model_card
+
+        command = "vggt-deploy eval --model " + str(model_dir) + (f" --data {data_dir}" if data_dir else "")
+        if data_dir is None and eval_images != 1000:
+            command += f" --eval-images {eval_images}"
+        write_model_card(model_dir, metrics, command)
     metrics = {"model": str(model_dir), "data": str(dataset.root), **metrics}
     if as_json:
         click.echo(json.dumps(metrics))

@@ -40,6 +40,19 @@ def box_sincos(boxes: torch.Tensor, dim: int, temperature: float = 1000.0) -> to
     return feats.flatten(-2)
 
 
+def spatial_prior(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Log-Gaussian locality prior (Nq, Nk) between box centres, in units of each query box's size.
+
+    0 where a key sits at the query box's centre, -0.5 one box-width away, -2
+    two widths away. Added to attention logits it tells a grounding token to
+    look near its reference box first (the geometry prior); it is a constant,
+    so exporters fold it.
+    """
+    d = queries[:, None, :2] - keys[None, :, :2]  # (Nq, Nk, 2)
+    sigma = queries[:, None, 2:]
+    return -0.5 * (d / sigma).pow(2).sum(-1)
+
+
 class BoxEncoding(nn.Module):
     """Learned projection of the fixed box features, shared by patches and tokens."""
 
@@ -58,7 +71,9 @@ class GroundingLayer(nn.Module):
     Order: tokens attend to each other (so two tokens learn not to claim one
     object), tokens attend to the image, token MLP, then the image attends to the
     tokens. Positions (patch boxes, reference boxes) are re-added to queries and
-    keys at every attention, so the geometric prior is never washed out.
+    keys at every attention, and the cross-attentions carry the spatial prior
+    (`spatial_prior`) scaled by a learned per-layer factor, so the geometric
+    prior is never washed out.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False) -> None:
@@ -73,13 +88,18 @@ class GroundingLayer(nn.Module):
         self.norm_i2t_img = nn.LayerNorm(dim)
         self.norm_i2t_tok = nn.LayerNorm(dim)
         self.image_to_token = Attention(dim, num_heads, qk_norm=qk_norm)
+        self.prior_scale = nn.Parameter(torch.ones(()))
 
     def forward(
-        self, g: torch.Tensor, x: torch.Tensor, g_pos: torch.Tensor, x_pos: torch.Tensor
+        self, g: torch.Tensor, x: torch.Tensor, g_pos: torch.Tensor, x_pos: torch.Tensor, prior: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """g (B, N, C), x (B, T, C), positions (1, N|T, C), prior (N, T) -> updated g, x."""
+        bias = self.prior_scale * prior
         h = self.norm_self(g)
         g = self.self_attn(h, query_pos=g_pos, key_pos=g_pos) + g
-        g = self.token_to_image(self.norm_t2i(g), self.norm_img(x), query_pos=g_pos, key_pos=x_pos) + g
+        g = self.token_to_image(self.norm_t2i(g), self.norm_img(x), query_pos=g_pos, key_pos=x_pos, mask=bias) + g
         g = self.mlp(self.norm_mlp(g)) + g
-        x = self.image_to_token(self.norm_i2t_img(x), self.norm_i2t_tok(g), query_pos=x_pos, key_pos=g_pos) + x
+        x = self.image_to_token(
+            self.norm_i2t_img(x), self.norm_i2t_tok(g), query_pos=x_pos, key_pos=g_pos, mask=bias.t()
+        ) + x
         return g, x

@@ -14,12 +14,21 @@ import torch
 from torch import nn
 
 from vggt_deploy.model.config import VGGTConfig
-from vggt_deploy.model.grounding import BoxEncoding, GroundingLayer, grid_boxes
+from vggt_deploy.model.grounding import BoxEncoding, GroundingLayer, grid_boxes, spatial_prior
 from vggt_deploy.model.heads import BoxHead, ClassHead, GroundingHead
 from vggt_deploy.model.layers import Block, PatchEmbed
 from vggt_deploy.model.query_encoder import QueryEncoder
 
 OUTPUT_NAMES: tuple[str, ...] = ("boxes", "logits", "class_logits")
+
+
+@dataclass
+class Features:
+    """Everything training needs from one forward pass."""
+
+    layers: list[LayerOutputs]  # one per grounding layer, last = final prediction
+    class_logits: torch.Tensor  # (B, num_classes)
+    dense_logits: torch.Tensor | None  # (B, T, num_classes + 1) per-patch classes, training only
 
 
 @dataclass
@@ -46,8 +55,14 @@ class VGGT(nn.Module):
         grid = int(cfg.num_grounding_tokens**0.5)
         self.register_buffer("patch_boxes", grid_boxes(cfg.grid_size), persistent=False)
         self.register_buffer("ref_boxes", grid_boxes(grid), persistent=False)
+        prior = spatial_prior(self.ref_boxes, self.patch_boxes)  # (N, T)
+        self.register_buffer("spatial_prior", prior, persistent=False)
+        # Each token starts from the patch features around its reference box (a fixed
+        # Gaussian pooling), so it knows what lies at its prior location from layer one.
+        self.register_buffer("token_pool", prior.softmax(dim=-1), persistent=False)
         self.grounding_tokens = nn.Parameter(torch.zeros(cfg.num_grounding_tokens, dim))
         nn.init.trunc_normal_(self.grounding_tokens, std=0.02)
+        self.token_init = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList(
             [Block(dim, cfg.num_heads, cfg.mlp_ratio, cfg.qk_norm) for _ in range(cfg.depth)]
         )
@@ -61,6 +76,7 @@ class VGGT(nn.Module):
                 "box": BoxHead(dim),
                 "ground": GroundingHead(dim, cfg.ground_dim),
                 "cls": ClassHead(dim, cfg.num_classes),
+                "dense": nn.Linear(dim, cfg.num_classes + 1),  # auxiliary, training only
             }
         )
         self.query_encoder = QueryEncoder(
@@ -72,22 +88,25 @@ class VGGT(nn.Module):
         """Token ids (Q, L) -> query embeddings (Q, ground_dim)."""
         return self.query_encoder(token_ids)
 
-    def forward_features(self, images: torch.Tensor) -> tuple[list[LayerOutputs], torch.Tensor]:
-        """Images (B, 3, H, W) -> per-grounding-layer outputs and class logits (B, C)."""
+    def forward_features(self, images: torch.Tensor) -> Features:
+        """Images (B, 3, H, W) -> per-grounding-layer outputs, class logits (and dense logits when training)."""
         x_pos = self.pos_embed(self.patch_boxes)[None]  # (1, T, C)
         g_pos = self.pos_embed(self.ref_boxes)[None]  # (1, N, C)
-        x = self.patch_embed(images) + x_pos  # (B, T, C)
-        g = self.grounding_tokens[None].expand(x.shape[0], -1, -1) + g_pos  # (B, N, C)
+        patches = self.patch_embed(images)  # (B, T, C)
+        x = patches + x_pos
+        g = self.grounding_tokens[None] + g_pos + self.token_init(self.token_pool @ patches)  # (B, N, C)
         layers = list(self.cfg.grounding_layers)
         outputs: list[LayerOutputs] = []
         for i, block in enumerate(self.blocks, start=1):
             x = block(x)
             if i in layers:
-                g, x = self.grounding[layers.index(i)](g, x, g_pos, x_pos)
+                g, x = self.grounding[layers.index(i)](g, x, g_pos, x_pos, self.spatial_prior)
                 t = self.norm_tokens(g)
                 outputs.append(LayerOutputs(self.heads["box"](t, self.ref_boxes), self.heads["ground"].regions(t)))
-        class_logits = self.heads["cls"](self.norm(x), self.norm_tokens(g))
-        return outputs, class_logits
+        x = self.norm(x)
+        class_logits = self.heads["cls"](x, self.norm_tokens(g))
+        dense = self.heads["dense"](x) if self.training else None
+        return Features(outputs, class_logits, dense)
 
     def forward(self, images: torch.Tensor, query_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The export contract.
@@ -101,9 +120,9 @@ class VGGT(nn.Module):
             logits: (B, N, Q) grounding logits (sigmoid gives a score per token and query).
             class_logits: (B, num_classes) image-level classification.
         """
-        outputs, class_logits = self.forward_features(images)
-        last = outputs[-1]
-        return last.boxes, self.heads["ground"].logits(last.regions, query_embeds), class_logits
+        feats = self.forward_features(images)
+        last = feats.layers[-1]
+        return last.boxes, self.heads["ground"].logits(last.regions, query_embeds), feats.class_logits
 
 
 def _init_weights(module: nn.Module) -> None:

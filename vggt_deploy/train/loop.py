@@ -179,9 +179,8 @@ def train(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             batch = make_batch(data, batch_indices(step, len(data), cfg), step, cfg, model, tokenizer)
             cat_queries = model.encode_queries(cat_ids)
-            outputs, class_logits = model.forward_features(batch.images)
-        loss, parts = blended_loss(model, outputs, class_logits, cat_queries.float(),
-                                   _float_refs(batch), cfg.loss)
+            feats = model.forward_features(batch.images)
+        loss, parts = blended_loss(model, feats, cat_queries.float(), _float_refs(batch), cfg.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

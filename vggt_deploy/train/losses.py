@@ -1,7 +1,9 @@
 """The seed's blended loss: L = L_cls + lambda_loc * L_loc + lambda_ground * L_ground.
 
-- L_cls: sigmoid focal loss of every (token, category query) pair, plus the
-  image-level classification cross-entropy.
+- L_cls: sigmoid focal loss of every (token, category query) pair, the
+  image-level classification cross-entropy, and an auxiliary per-patch
+  classification (the category of the object covering each patch centre, or
+  background), which gives the backbone dense supervision from step one.
 - L_loc: L1 + GIoU on Hungarian-matched tokens.
 - L_ground: contrastive alignment of referring-expression embeddings with the
   region embeddings of an image's tokens (cross-entropy towards the token
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vggt_deploy.boxes import cxcywh_to_xyxy, generalized_box_iou
-from vggt_deploy.model.vggt import VGGT, LayerOutputs
+from vggt_deploy.model.vggt import VGGT, Features, LayerOutputs
 from vggt_deploy.train.matcher import hungarian_match
 
 
@@ -32,6 +34,7 @@ class LossWeights:
     cls_loss: str = "focal"  # focal | ce
     w_focal: float = 2.0
     w_image: float = 0.5
+    w_dense: float = 1.0
     w_l1: float = 5.0
     w_giou: float = 2.0
     focal_alpha: float = 0.25
@@ -99,20 +102,40 @@ def _layer_loss(
     return terms
 
 
+def dense_targets(patch_boxes: torch.Tensor, gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor], background: int) -> torch.Tensor:
+    """(B, T) category of the topmost object whose box holds each patch centre, else `background`.
+
+    Objects are listed in drawing order, so the last one containing a point is on top.
+    """
+    centres = patch_boxes[:, :2]  # (T, 2)
+    out = torch.full((len(gt_boxes), centres.shape[0]), background, dtype=torch.long)
+    for i, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
+        for box, label in zip(boxes, labels):
+            inside = ((centres - box[:2]).abs() <= box[2:] / 2).all(-1)
+            out[i, inside] = label
+    return out
+
+
 def blended_loss(
-    model: VGGT, outputs: list[LayerOutputs], class_logits: torch.Tensor, cat_queries: torch.Tensor,
-    batch: Batch, w: LossWeights,
+    model: VGGT, feats: Features, cat_queries: torch.Tensor, batch: Batch, w: LossWeights
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts (summed over grounding layers) for logging."""
+    """Total loss and its parts (per-token terms summed over grounding layers) for logging."""
     num_boxes = max(1.0, float(sum(len(t) for t in batch.gt_labels)))
     parts = {"focal": 0.0, "l1": 0.0, "giou": 0.0, "ground": 0.0}
-    for out in outputs:
+    for out in feats.layers:
         for k, v in _layer_loss(model, out, cat_queries, batch, w, num_boxes).items():
             parts[k] = parts[k] + v
+    class_logits = feats.class_logits.float()
     known = batch.image_labels >= 0
-    image_ce = F.cross_entropy(class_logits.float()[known], batch.image_labels[known]) if known.any() else class_logits.sum() * 0
-    l_cls = w.w_focal * parts["focal"] + w.w_image * image_ce
+    image_ce = F.cross_entropy(class_logits[known], batch.image_labels[known]) if known.any() else class_logits.sum() * 0
+    dense_ce = class_logits.sum() * 0
+    if feats.dense_logits is not None:
+        dense = feats.dense_logits.float()
+        targets = dense_targets(model.patch_boxes, batch.gt_boxes, batch.gt_labels, dense.shape[-1] - 1)
+        dense_ce = F.cross_entropy(dense.reshape(-1, dense.shape[-1]), targets.reshape(-1))
+    l_cls = w.w_focal * parts["focal"] + w.w_image * image_ce + w.w_dense * dense_ce
     l_loc = w.w_l1 * parts["l1"] + w.w_giou * parts["giou"]
     total = l_cls + w.lambda_loc * l_loc + w.lambda_ground * parts["ground"]
-    logged = {k: float(v.detach()) for k, v in parts.items()} | {"image_ce": float(image_ce.detach()), "total": float(total.detach())}
+    extra = {"image_ce": image_ce, "dense_ce": dense_ce, "total": total}
+    logged = {k: float(v.detach()) for k, v in (parts | extra).items()}
     return total, logged
