@@ -138,9 +138,132 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
     click.echo(f"model written to {path}")
 
 
+PLANS_DIR = DEFAULT_MODEL.parent / "plans"
+
+
+def _plan_path(value: str | None) -> Path | None:
+    """A plan path, or a shipped plan's short name (`mixed` -> models/plans/mixed.yaml)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.exists() and (PLANS_DIR / f"{value}.yaml").exists():
+        return PLANS_DIR / f"{value}.yaml"
+    if not path.exists() and (PLANS_DIR / value).exists():
+        return PLANS_DIR / value
+    return path
+
+
+TARGET_CHOICE = click.Choice(["tensorrt", "onnxruntime-cpu"])
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Model folder to export [default: the shipped models/vggt_small].")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
+              help="Quantize an existing ONNX image model instead (needs --plan; its calibration.input describes preprocessing).")
+@click.option("--plan", "plan_value", default=None,
+              help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-trt...).")
+@click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target (QDQ flavour).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/export"),
+              show_default=True, help="Output folder.")
+def export(model_dir, onnx_file, plan_value, target, output) -> None:
+    """Export to FP32 ONNX (checked against PyTorch); with --plan, calibrate and write model.qdq.onnx + report.json."""
+    from vggt_deploy.export.pipeline import export_from_model, export_from_onnx
+    from vggt_deploy.quant.plan import load_plan
+
+    plan = load_plan(_plan_path(plan_value), target=target) if plan_value else None
+    if onnx_file is not None:
+        if model_dir is not None:
+            raise UserError("give either --model or --onnx, not both")
+        if plan is None:
+            raise UserError("--onnx needs --plan (there is nothing to do to an ONNX file without one)")
+        result = export_from_onnx(onnx_file, output, plan)
+    else:
+        result = export_from_model(model_dir or DEFAULT_MODEL, output, plan)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.export_info["max_abs_diff_vs_torch"].items())
+        click.echo(f"FP32 ONNX: {result.fp32} ({result.export_info['fp32_size_mb']:.1f} MB); ORT vs PyTorch max |diff|: {diffs}")
+    if result.qdq is not None:
+        counts = result.report["counts"]
+        click.echo(f"QDQ ONNX ({result.report['target']}): {result.qdq} ({result.export_info['qdq_size_mb']:.1f} MB); "
+                   f"layers: {counts['static']} static int8, {counts['dynamic']} dynamic int8, {counts['float']} float; "
+                   f"report: {output / 'report.json'}")
+
+
+@main.group()
+def plan() -> None:
+    """Mixed-precision plans: inspect what a plan does to a model."""
+
+
+@plan.command("show")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: shipped model).")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Or an ONNX file (e.g. build/export/model.onnx).")
+@click.option("--plan", "plan_value", required=True, help="Plan YAML path or shipped name.")
+@click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target.")
+def plan_show(model_dir, onnx_file, plan_value, target) -> None:
+    """Print the resolved per-layer table without building anything."""
+    from vggt_deploy.quant.layers import find_layers
+    from vggt_deploy.quant.plan import load_plan
+    from vggt_deploy.quant.qdq import partition
+
+    plan_ = load_plan(_plan_path(plan_value), target=target)
+    graph = _graph_for(model_dir, onnx_file)
+    layers = find_layers(graph)
+    resolved = plan_.resolve([l.name for l in layers])
+    static, dynamic = partition(layers, resolved)
+    mode = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic}
+    click.echo(f"plan {plan_.source} (target {plan_.target}, calibration {plan_.calibration.method}, "
+               f"{plan_.calibration.num_images} images)")
+    click.echo(f"{'layer':42} {'op':6} {'precision':9} {'weights':12} {'activations':11} rule")
+    for layer in layers:
+        spec, rule = resolved[layer.name].spec, resolved[layer.name].rule
+        gran = spec.weight_granularity if layer.weight and layer.name in mode else "-"
+        shown = spec.precision if layer.name in mode or not spec.quantized else "fp32"
+        rule_text = "default" if rule is None else f"{rule}: {plan_.rules[rule].match}"
+        click.echo(f"{layer.name:42} {layer.op_type:6} {shown:9} {gran:12} {mode.get(layer.name, 'float'):11} {rule_text}")
+
+
+def _graph_for(model_dir: Path | None, onnx_file: Path | None):
+    """The FP32 graph whose layers a plan is resolved against (traced in memory for a model folder)."""
+    from vggt_deploy.export.onnx_export import load_onnx
+
+    if onnx_file is not None:
+        return load_onnx(onnx_file)
+    import numpy as np
+
+    from vggt_deploy.export.onnx_export import _trace, simplify_keeping_scopes
+    from vggt_deploy.model.io import load_model
+
+    import torch
+
+    loaded = load_model(model_dir or DEFAULT_MODEL)
+    cfg = loaded.model.cfg
+    images = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    queries = torch.zeros(2, cfg.ground_dim)
+    return simplify_keeping_scopes(_trace(loaded.model, images, queries))
+
+
+@main.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["tensorrt"]), default="tensorrt", show_default=True)
+def check(onnx_file: Path, target: str) -> None:
+    """Check a QDQ ONNX file against TensorRT's rules; lists every violation (exit 1 if any)."""
+    from vggt_deploy.export.onnx_export import load_onnx
+    from vggt_deploy.quant.validate import validate_tensorrt
+
+    violations = validate_tensorrt(load_onnx(onnx_file))
+    if violations:
+        click.echo(f"{onnx_file}: {len(violations)} TensorRT rule violation(s):")
+        for v in violations:
+            click.echo(f"  - {v}")
+        sys.exit(1)
+    click.echo(f"{onnx_file}: passes the TensorRT rules")
+
+
 @main.command("eval")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
-              help="Model folder (model.safetensors, config.json, vocab.json).")
+              help="Model folder (model.safetensors, config.json, vocab.json); with --onnx it supplies the query encoder.")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
+              help="Evaluate this ONNX file (FP32 or QDQ) with ONNX Runtime on the CPU instead of PyTorch.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="COCO folder to evaluate; default: the synthetic eval split (generated on first use).")
 @click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
@@ -148,21 +271,33 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--write-card", is_flag=True, help="Also (re)write MODEL_CARD.md and training_curve.png in the model folder.")
-def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch_size: int, as_json: bool,
-                 write_card: bool) -> None:
+def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None, eval_images: int, batch_size: int,
+                 as_json: bool, write_card: bool) -> None:
     """Grounding mAP (pycocotools), referring-expression accuracy and top-1/top-5."""
     from vggt_deploy.bench.evaluate import evaluate
     from vggt_deploy.data.coco import load_coco, synthetic_split
     from vggt_deploy.model.io import load_model
 
     loaded = load_model(model_dir)
+    infer = None
+    if onnx_file is not None:
+        from vggt_deploy.backends.ort_session import make_session, session_infer
+        from vggt_deploy.export.onnx_export import get_metadata, load_onnx
+
+        meta = get_metadata(load_onnx(onnx_file))
+        if meta.get("vggt.config_hash") != loaded.model.cfg.config_hash():
+            raise UserError(f"{onnx_file}: exported from config {meta.get('vggt.config_hash', 'unknown')}, but "
+                            f"{model_dir} has config {loaded.model.cfg.config_hash()}; pass the matching --model")
+        infer = session_infer(make_session(onnx_file))
+        if write_card:
+            raise UserError("--write-card describes a PyTorch model folder; drop --onnx")
     if data_dir is None:
         dataset = load_coco(synthetic_split("eval", eval_images))
         limit = None
     else:
         dataset = load_coco(data_dir)
         limit = eval_images
-    metrics = evaluate(loaded, dataset, batch_size=batch_size, limit=limit, progress=not as_json)
+    metrics = evaluate(loaded, dataset, infer=infer, batch_size=batch_size, limit=limit, progress=not as_json)
     metrics.pop("detections")
     if write_card:
         from vggt_deploy.model.card import write_model_card
@@ -171,7 +306,7 @@ def evaluate_cmd(model_dir: Path, data_dir: Path | None, eval_images: int, batch
         if data_dir is None and eval_images != 1000:
             command += f" --eval-images {eval_images}"
         write_model_card(model_dir, metrics, command)
-    metrics = {"model": str(model_dir), "data": str(dataset.root), **metrics}
+    metrics = {"model": str(onnx_file or model_dir), "data": str(dataset.root), **metrics}
     if as_json:
         click.echo(json.dumps(metrics))
         return

@@ -49,6 +49,10 @@ class GroundingHead(nn.Module):
         queries = F.normalize(query_embeds, dim=-1)
         return self.logit_scale.exp().clamp(max=100.0) * (regions @ queries.t()) + self.bias
 
+    def forward(self, regions: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
+        """Same as `logits`; called as a module so exported nodes carry the `heads.ground` path."""
+        return self.logits(regions, query_embeds)
+
 
 class ClassHead(nn.Module):
     """Image-level classification from pooled image and grounding tokens."""

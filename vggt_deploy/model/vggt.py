@@ -22,6 +22,21 @@ from vggt_deploy.model.query_encoder import QueryEncoder
 OUTPUT_NAMES: tuple[str, ...] = ("boxes", "logits", "class_logits")
 
 
+class TokenPool(nn.Module):
+    """Fixed Gaussian pooling of patch features around each reference box.
+
+    Each grounding token starts from what lies at its prior location, so it
+    knows where to look from the first grounding layer on.
+    """
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weights", weights, persistent=False)  # (N, T), rows sum to 1
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.weights @ patches  # (B, N, C)
+
+
 @dataclass
 class Features:
     """Everything training needs from one forward pass."""
@@ -57,9 +72,7 @@ class VGGT(nn.Module):
         self.register_buffer("ref_boxes", grid_boxes(grid), persistent=False)
         prior = spatial_prior(self.ref_boxes, self.patch_boxes)  # (N, T)
         self.register_buffer("spatial_prior", prior, persistent=False)
-        # Each token starts from the patch features around its reference box (a fixed
-        # Gaussian pooling), so it knows what lies at its prior location from layer one.
-        self.register_buffer("token_pool", prior.softmax(dim=-1), persistent=False)
+        self.token_pool = TokenPool(prior.softmax(dim=-1))
         self.grounding_tokens = nn.Parameter(torch.zeros(cfg.num_grounding_tokens, dim))
         nn.init.trunc_normal_(self.grounding_tokens, std=0.02)
         self.token_init = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
@@ -94,15 +107,16 @@ class VGGT(nn.Module):
         g_pos = self.pos_embed(self.ref_boxes)[None]  # (1, N, C)
         patches = self.patch_embed(images)  # (B, T, C)
         x = patches + x_pos
-        g = self.grounding_tokens[None] + g_pos + self.token_init(self.token_pool @ patches)  # (B, N, C)
+        g = self.grounding_tokens[None] + g_pos + self.token_init(self.token_pool(patches))  # (B, N, C)
         layers = list(self.cfg.grounding_layers)
         outputs: list[LayerOutputs] = []
         for i, block in enumerate(self.blocks, start=1):
             x = block(x)
             if i in layers:
                 g, x = self.grounding[layers.index(i)](g, x, g_pos, x_pos, self.spatial_prior)
-                t = self.norm_tokens(g)
-                outputs.append(LayerOutputs(self.heads["box"](t, self.ref_boxes), self.heads["ground"].regions(t)))
+                if self.training or i == layers[-1]:  # auxiliary predictions only feed training losses
+                    t = self.norm_tokens(g)
+                    outputs.append(LayerOutputs(self.heads["box"](t, self.ref_boxes), self.heads["ground"].regions(t)))
         x = self.norm(x)
         class_logits = self.heads["cls"](x, self.norm_tokens(g))
         dense = self.heads["dense"](x) if self.training else None
@@ -122,7 +136,7 @@ class VGGT(nn.Module):
         """
         feats = self.forward_features(images)
         last = feats.layers[-1]
-        return last.boxes, self.heads["ground"].logits(last.regions, query_embeds), feats.class_logits
+        return last.boxes, self.heads["ground"](last.regions, query_embeds), feats.class_logits
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -38,8 +38,9 @@ GRANULARITIES = ("per-channel", "per-tensor", "per-block")
 ACTIVATIONS = ("static", "dynamic", "off")
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
-# What each target can run. TensorRT has no int16 QDQ and no dynamic activation quantization.
-TARGET_PRECISIONS = {"tensorrt": ("int8", "int4", "fp16", "fp32"), "onnxruntime-cpu": PRECISIONS}
+# What each target can run. TensorRT has no int16 QDQ and no dynamic activation quantization;
+# ONNX Runtime's CPU provider has no fast fp16 kernels, so fp16 there would be a silent slowdown.
+TARGET_PRECISIONS = {"tensorrt": ("int8", "int4", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32")}
 TARGET_ACTIVATIONS = {"tensorrt": ("static", "off"), "onnxruntime-cpu": ACTIVATIONS}
 
 
@@ -242,8 +243,8 @@ def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
         raise r.fail(path, "per-block weights are supported for int4 only")
 
 
-def parse_plan(text: str, source: str = "<plan>") -> QdqPlan:
-    """Parse and validate a plan document."""
+def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> QdqPlan:
+    """Parse and validate a plan document; `target` overrides the plan's own target."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -260,7 +261,7 @@ def parse_plan(text: str, source: str = "<plan>") -> QdqPlan:
         raise r.fail("version", f"missing; this release reads version: {VERSION}")
     if top["version"] != VERSION:
         raise r.fail("version", f"unsupported version {top['version']!r}; this release reads version: {VERSION}")
-    target = r.choice(top.get("target", "onnxruntime-cpu"), "target", TARGETS)
+    target = r.choice(target or top.get("target", "onnxruntime-cpu"), "target", TARGETS)
     calibration = _calibration(r, top.get("calibration"))
     default_raw = r.mapping(top.get("default"), "default", _SPEC_FIELDS)
     default = LayerSpec(**_spec_fields(r, default_raw, "default", target))
@@ -318,8 +319,8 @@ def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
     return CalibrationSpec(**values)
 
 
-def load_plan(path: str | Path) -> QdqPlan:
-    """Read and validate a plan file."""
+def load_plan(path: str | Path, target: str | None = None) -> QdqPlan:
+    """Read and validate a plan file (for `target` instead of its own, when given)."""
     path = Path(path)
     if not path.is_file():
         raise PlanError(f"{path}: plan file not found (shipped plans live in models/plans/)")
@@ -327,4 +328,4 @@ def load_plan(path: str | Path) -> QdqPlan:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanError(f"{path}: cannot read plan ({exc})") from None
-    return parse_plan(text, source=str(path))
+    return parse_plan(text, source=str(path), target=target)

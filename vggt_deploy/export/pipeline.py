@@ -1,0 +1,141 @@
+"""`vggt-deploy export`: model folder or ONNX file -> FP32 ONNX (+ QDQ ONNX and report from a plan).
+
+Outputs in OUTDIR:
+
+    model.onnx        FP32, checked against PyTorch, metadata of DESIGN.md
+    queries.npy/json  category query embeddings (precomputed; the image graph takes them as input)
+    export.json       what the export measured (ORT vs PyTorch max abs difference, opset, sizes)
+    model.qdq.onnx    with --plan: the calibrated QDQ model for the plan's target
+    report.json       with --plan: every layer's precision/granularity, calibration, range summary
+
+Every file is written to a temporary name and renamed, so a failure never
+leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from vggt_deploy.data.preprocess import PreprocessConfig
+from vggt_deploy.errors import UserError
+from vggt_deploy.export.onnx_export import OPSET, export_model, get_metadata, load_onnx, save_onnx, set_metadata
+from vggt_deploy.quant.calibrate import calibration_tensors, write_json_atomic
+from vggt_deploy.quant.plan import QdqPlan
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ExportOutputs:
+    fp32: Path
+    qdq: Path | None
+    report: dict | None
+    export_info: dict
+
+
+def _default_cache() -> Path:
+    from vggt_deploy.data.coco import cache_dir
+
+    return cache_dir() / "calibration"
+
+
+def _calib_root(images: str) -> Path:
+    """Relative calibration paths are taken from the working directory, else from the repository."""
+    return Path(".") if Path(images).exists() else REPO_ROOT
+
+
+def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = None, cache_dir: Path | None = None) -> ExportOutputs:
+    """Export the model in `model_dir`; quantize with `plan` when given."""
+    from vggt_deploy.bench.evaluate import query_embeddings
+    from vggt_deploy.data.vocabulary import category_names
+    from vggt_deploy.model.io import load_model
+
+    loaded = load_model(model_dir)
+    pp = loaded.model.cfg.preprocess
+    calib_spec = plan.calibration if plan else None
+    if calib_spec is not None:
+        calib = calibration_tensors(calib_spec, pp, _calib_root(calib_spec.images))
+    else:
+        from vggt_deploy.quant.plan import CalibrationSpec
+
+        calib = calibration_tensors(CalibrationSpec(num_images=2), pp, REPO_ROOT)
+    texts = category_names()
+    queries = query_embeddings(loaded, texts)
+    fp32, check = export_model(loaded, calib[:2], queries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path = save_onnx(fp32, out_dir / "model.onnx")
+    _save_queries(out_dir, texts, queries)
+    info = {"model": str(model_dir), "opset": OPSET, "max_abs_diff_vs_torch": check.max_abs_diff,
+            "tolerance_boxes": check.tolerance, "fp32_size_mb": fp32_path.stat().st_size / 1e6,
+            "num_nodes": len(fp32.graph.node)}
+    qdq_path, report = None, None
+    if plan is not None:
+        qdq_path, report = _quantize(fp32, plan, calib, {"query_embeds": queries}, "images", out_dir, cache_dir)
+        info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
+    write_json_atomic(out_dir / "export.json", info)
+    return ExportOutputs(fp32_path, qdq_path, report, info)
+
+
+def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: Path | None = None) -> ExportOutputs:
+    """Quantize a model exported elsewhere; its input preprocessing comes from the plan."""
+    model = load_onnx(onnx_file)
+    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    spec = plan.calibration.input
+    name = spec.name or (graph_inputs[0].name if len(graph_inputs) == 1 else None)
+    if name is None or name not in {i.name for i in graph_inputs}:
+        names = ", ".join(i.name for i in graph_inputs)
+        raise UserError(f"{plan.source}: calibration.input.name must name the image input of {onnx_file} (inputs: {names})")
+    others = [i.name for i in graph_inputs if i.name != name]
+    if others:
+        raise UserError(f"{onnx_file}: inputs {others} besides {name!r} need calibration feeds; "
+                        "export such models with `vggt-deploy export --model` or supply a single-input model")
+    size = spec.size or _static_side(model, name, onnx_file)
+    pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
+    calib = calibration_tensors(plan.calibration, pp, _calib_root(plan.calibration.images))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
+                                                        "channel_order": spec.channel_order, "layout": "NCHW"})})
+    qdq_path, report = _quantize(model, plan, calib, {}, name, out_dir, cache_dir)
+    info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
+    write_json_atomic(out_dir / "export.json", info)
+    return ExportOutputs(Path(onnx_file), qdq_path, report, info)
+
+
+def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
+    inp = next(i for i in model.graph.input if i.name == name)
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    if len(dims) != 4 or not dims[2] or dims[2] != dims[3]:
+        raise UserError(f"{path}: input {name!r} has no fixed square size; set calibration.input.size in the plan")
+    return dims[2]
+
+
+def _quantize(fp32, plan, calib, feeds, image_input, out_dir, cache_dir):
+    from vggt_deploy.quant.qdq import quantize
+    from vggt_deploy.quant.validate import validate_tensorrt
+
+    result = quantize(fp32, plan, calib, feeds, image_input, cache_dir or _default_cache())
+    if plan.target == "tensorrt":
+        violations = validate_tensorrt(result.model)
+        if violations:
+            raise RuntimeError("TensorRT-flavour QDQ model breaks TensorRT rules:\n  " + "\n  ".join(violations))
+        result.report["tensorrt_validation"] = "passed"
+    qdq_path = save_onnx(result.model, out_dir / "model.qdq.onnx")
+    write_json_atomic(out_dir / "report.json", result.report)
+    return qdq_path, result.report
+
+
+def _save_queries(out_dir: Path, texts: list[str], queries: np.ndarray) -> None:
+    tmp = out_dir / ".queries.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, queries.astype(np.float32), allow_pickle=False)
+    tmp.replace(out_dir / "queries.npy")
+    write_json_atomic(out_dir / "queries.json", {"texts": texts})
+
+
+def onnx_metadata(path: Path) -> dict[str, str]:
+    return get_metadata(load_onnx(path))

@@ -1,0 +1,126 @@
+"""Calibration data: images through the shared preprocessing, fed to ONNX Runtime's calibrators.
+
+Sources: a shipped calibration folder (manifest.json with sha256s), any folder
+of images, a COCO folder or instances.json, or a folder of ready ``.npy``
+tensors. Ranges are computed by onnxruntime.quantization (minmax, percentile,
+entropy, distribution/MSE) and cached as JSON keyed by the FP32 model's hash
+and the plan's calibration section, so changing a rule never recalibrates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vggt_deploy.data.calib_set import MANIFEST, calibration_files
+from vggt_deploy.data.preprocess import PreprocessConfig, preprocess, read_image
+from vggt_deploy.errors import UserError
+from vggt_deploy.quant.plan import CalibrationSpec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _list_images(source: Path) -> list[Path]:
+    if source.is_file() and source.suffix == ".json":
+        from vggt_deploy.data.coco import load_coco
+
+        dataset = load_coco(source.parent, ann_file=source)
+        return [dataset.image_path(r) for r in dataset.records]
+    if not source.is_dir():
+        raise UserError(f"{source}: calibration source not found (a folder of images, a COCO folder or instances.json)")
+    if (source / MANIFEST).is_file():
+        return calibration_files(source)
+    if (source / "instances.json").is_file():
+        return _list_images(source / "instances.json")
+    return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig, root: Path = Path(".")) -> np.ndarray:
+    """Load `spec.num_images` preprocessed calibration inputs (N, 3, H, W) float32."""
+    if spec.input.npy_dir:
+        folder = (root / spec.input.npy_dir).resolve()
+        if not folder.is_dir():
+            raise UserError(f"{folder}: calibration .npy folder not found")
+        files = sorted(folder.glob("*.npy"))[: spec.num_images]
+        _enough(files, spec.num_images, folder)
+        arrays = []
+        for f in files:
+            try:
+                arrays.append(np.load(f, allow_pickle=False).astype(np.float32))
+            except (ValueError, OSError) as exc:
+                raise UserError(f"{f}: not a readable .npy tensor ({exc})") from None
+        return np.stack(arrays)
+    source = (root / spec.images).resolve() if not Path(spec.images).is_absolute() else Path(spec.images)
+    files = _list_images(source)[: spec.num_images]
+    _enough(files, spec.num_images, source)
+    out = np.empty((len(files), 3, pp.size, pp.size), np.float32)
+    for i, f in enumerate(tqdm(files, desc="calibration images", unit="img", leave=False)):
+        image = read_image(f)
+        if spec.input.channel_order == "bgr" and spec.input.name is not None:
+            image = image[:, :, ::-1].copy()  # foreign model wants BGR: preprocess flips to RGB, so pre-flip
+        out[i] = preprocess(image, pp)
+    return out
+
+
+def _enough(files: list, wanted: int, source: Path) -> None:
+    if not files:
+        raise UserError(f"{source}: no calibration images found")
+    if len(files) < wanted:
+        raise UserError(f"{source}: {len(files)} calibration images, but the plan asks for {wanted} "
+                        "(lower calibration.num_images or add images)")
+
+
+class TensorReader:
+    """An onnxruntime `CalibrationDataReader` over in-memory inputs, one image per feed."""
+
+    def __init__(self, images: np.ndarray, image_input: str, extra_feeds: dict[str, np.ndarray] | None = None) -> None:
+        self.images, self.image_input = images, image_input
+        self.extra = extra_feeds or {}
+        self.index = 0
+        self.bar = tqdm(total=len(images), desc="calibrating", unit="img", leave=False)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.index >= len(self.images):
+            self.bar.close()
+            return None
+        feed = {self.image_input: self.images[self.index : self.index + 1], **self.extra}
+        self.index += 1
+        self.bar.update(1)
+        return feed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def ort_method(spec: CalibrationSpec):
+    """The onnxruntime CalibrationMethod and calibrator options for a plan's method."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    if spec.method == "minmax":
+        return CalibrationMethod.MinMax, {}
+    if spec.method == "percentile":
+        return CalibrationMethod.Percentile, {"CalibPercentile": spec.percentile}
+    if spec.method == "entropy":
+        return CalibrationMethod.Entropy, {}
+    return CalibrationMethod.Distribution, {}  # MSE-optimal clipping via the distribution calibrator
+
+
+def cache_path(cache_dir: Path, fp32_bytes: bytes, spec: CalibrationSpec) -> Path:
+    """Range-cache file for this model and calibration section (rules are not part of the key)."""
+    model_hash = hashlib.sha256(fp32_bytes).hexdigest()[:16]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return cache_dir / f"ranges_{model_hash}_{spec.cache_key()}.json"
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
