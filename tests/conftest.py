@@ -27,3 +27,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = default_tokenizer()
     cfg = get_config("vggt_tiny", vocab_size=len(tokenizer))
     return save_model(create_model(cfg).eval(), tokenizer, tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_model_dir, tmp_path_factory):
+    """The tiny model exported to FP32 ONNX (once per session), with its check and calibration inputs."""
+    from vggt_deploy.export.pipeline import export_from_model
+
+    out = tmp_path_factory.mktemp("export")
+    return export_from_model(tiny_model_dir, out)
+
+
+@pytest.fixture()
+def tiny_plan_text():
+    """A mixed plan that fits the 2-block tiny model."""
+    return """\
+version: 1
+target: onnxruntime-cpu
+calibration: {method: minmax, images: calib_data, num_images: 6}
+default: {precision: int8, weight_granularity: per-channel, activations: static}
+rules:
+  - match: "blocks.1.*"
+    weight_granularity: per-tensor
+  - match: "grounding.*"
+    precision: fp32
+  - match: "heads.*"
+    precision: fp32
+"""

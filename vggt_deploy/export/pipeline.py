@@ -67,6 +67,10 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
     texts = category_names()
     queries = query_embeddings(loaded, texts)
     fp32, check = export_model(loaded, calib[:2], queries)
+    if plan is not None:  # a plan written for another model fails here, before any file is written
+        from vggt_deploy.quant.layers import find_layers
+
+        plan.resolve([layer.name for layer in find_layers(fp32)])
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path = save_onnx(fp32, out_dir / "model.onnx")
     _save_queries(out_dir, texts, queries)

@@ -158,8 +158,10 @@ def quantize(
             }
             reader = TensorReader(calib_images, image_input, extra_feeds) if calib_images is not None else None
             out = Path(tmp) / "static.onnx"
+            source = onnx.ModelProto()
+            source.CopyFrom(fp32)  # quantize_static rewrites its input to external data in place
             quantize_static(
-                fp32, out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+                source, out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
                 per_channel=False, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=[l.node for l in static],
                 calibrate_method=method, calibration_cache_path=ranges_file, extra_options=extra,
