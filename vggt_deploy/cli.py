@@ -185,7 +185,8 @@ def export(model_dir, onnx_file, plan_value, target, output) -> None:
     if result.qdq is not None:
         counts = result.report["counts"]
         click.echo(f"QDQ ONNX ({result.report['target']}): {result.qdq} ({result.export_info['qdq_size_mb']:.1f} MB); "
-                   f"layers: {counts['static']} static int8, {counts['dynamic']} dynamic int8, {counts['float']} float; "
+                   f"layers: {counts['static']} static, {counts['dynamic']} dynamic, {counts['weight_only']} weight-only, "
+                   f"{counts['float']} float; "
                    f"report: {output / 'report.json'}")
 
 
@@ -209,8 +210,8 @@ def plan_show(model_dir, onnx_file, plan_value, target) -> None:
     graph = _graph_for(model_dir, onnx_file)
     layers = find_layers(graph)
     resolved = plan_.resolve([l.name for l in layers])
-    static, dynamic = partition(layers, resolved)
-    mode = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic}
+    static, dynamic, weight_only = partition(layers, resolved)
+    mode = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic} | {l.name: "off" for l in weight_only}
     click.echo(f"plan {plan_.source} (target {plan_.target}, calibration {plan_.calibration.method}, "
                f"{plan_.calibration.num_images} images)")
     click.echo(f"{'layer':42} {'op':6} {'precision':9} {'weights':12} {'activations':11} rule")

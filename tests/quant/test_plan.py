@@ -53,7 +53,7 @@ def test_calibration_key_ignores_rules():
         ("version: 1\nrules:\n  - precision: fp16\n", "good.yaml:3: rules[0]: missing 'match'"),
         ("version: 1\nrules:\n  - match: x\n    precison: fp16\n", "good.yaml:4: rules[0].precison: unknown key (did you mean 'precision'?)"),
         ("version: 1\ntarget: tensorrt\nrules:\n  - match: x\n    activations: dynamic\n", "dynamic activations are not available on target tensorrt"),
-        ("version: 1\ndefault: {precision: int4}\n", "int4 is weight-only and needs weight_granularity: per-block"),
+        ("version: 1\ndefault: {precision: int4}\n", "int4 is weight-only: it needs weight_granularity: per-block and activations: off"),
         ("version: 1\n  bad: [\n", "good.yaml:2: malformed YAML"),
     ],
 )

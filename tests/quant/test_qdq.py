@@ -48,7 +48,7 @@ def _run(model, queries, batch=2, seed=0):
 def test_qdq_counts_follow_the_plan(tiny_export, tiny_plan_text, calib, tmp_path, target):
     fp32, plan, result, queries = _quantize(tiny_export, tiny_plan_text, calib, tmp_path, target)
     layers = find_layers(fp32)
-    static, _ = partition(layers, plan.resolve([l.name for l in layers]))
+    static, _, _ = partition(layers, plan.resolve([l.name for l in layers]))
     weight_layers = [l for l in static if l.weight]
     ops = Counter(n.op_type for n in result.model.graph.node)
     # One weight DequantizeLinear per quantized weight layer; activations get a Q/DQ pair each.
@@ -100,7 +100,8 @@ def test_the_ort_flavour_is_u8s8(tiny_export, tiny_plan_text, calib, tmp_path):
 
 
 def test_dynamic_rules_use_dynamic_quantization(tiny_export, calib, tmp_path):
-    text = "version: 1\ndefault: {precision: int8, activations: dynamic}\nrules:\n  - match: 'heads.*'\n    precision: fp32\n"
+    text = ("version: 1\ndefault: {precision: int8, activations: dynamic}\nrules:\n  - match: 'heads.*'\n    precision: fp32\n"
+            "  - match: 'patch_embed.*'\n    activations: static\n")
     _, _, result, queries = _quantize(tiny_export, text, calib, tmp_path)
     ops = Counter(n.op_type for n in result.model.graph.node)
     assert ops["DynamicQuantizeLinear"] + ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] > 0
@@ -123,6 +124,27 @@ def test_unimplemented_precisions_are_refused(tiny_export, calib, tmp_path):
     text = "version: 1\ndefault: {precision: int16}\n"
     with pytest.raises(UserError, match="int16 QDQ is not implemented"):
         _quantize(tiny_export, text, calib, tmp_path)
+    conv_int4 = "version: 1\ndefault: {precision: int4, weight_granularity: per-block, activations: off}\n"
+    with pytest.raises(UserError, match="patch_embed.stem.0 is Conv"):
+        _quantize(tiny_export, conv_int4, calib, tmp_path)
+
+
+def test_int4_weight_only_blocks(tiny_export, calib, tmp_path):
+    text = """\
+version: 1
+default: {precision: fp32}
+rules:
+  - match: "blocks.*.mlp.*"
+    precision: int4
+    weight_granularity: per-block
+    block_size: 16
+    activations: "off"
+"""
+    fp32, _, result, queries = _quantize(tiny_export, text, None, tmp_path)
+    ops = Counter(n.op_type for n in result.model.graph.node)
+    assert ops["MatMulNBits"] == 4  # fc1 and fc2 of both blocks
+    assert result.report["counts"]["weight_only"] == 4
+    assert np.abs(_run(result.model, queries)[0] - _run(fp32, queries)[0]).max() < 0.1
 
 
 def test_too_few_or_no_calibration_images(tmp_path):

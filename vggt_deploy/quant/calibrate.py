@@ -61,7 +61,7 @@ def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig, root: Path 
     out = np.empty((len(files), 3, pp.size, pp.size), np.float32)
     for i, f in enumerate(tqdm(files, desc="calibration images", unit="img", leave=False)):
         image = read_image(f)
-        if spec.input.channel_order == "bgr" and spec.input.name is not None:
+        if spec.input.channel_order == "bgr":
             image = image[:, :, ::-1].copy()  # foreign model wants BGR: preprocess flips to RGB, so pre-flip
         out[i] = preprocess(image, pp)
     return out

@@ -38,10 +38,12 @@ GRANULARITIES = ("per-channel", "per-tensor", "per-block")
 ACTIVATIONS = ("static", "dynamic", "off")
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
-# What each target can run. TensorRT has no int16 QDQ and no dynamic activation quantization;
-# ONNX Runtime's CPU provider has no fast fp16 kernels, so fp16 there would be a silent slowdown.
-TARGET_PRECISIONS = {"tensorrt": ("int8", "int4", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32")}
-TARGET_ACTIVATIONS = {"tensorrt": ("static", "off"), "onnxruntime-cpu": ACTIVATIONS}
+# What each target can run. TensorRT has no int16 QDQ and no dynamic activation quantization,
+# and its int4 weight-only path needs blocked DequantizeLinear (opset 21), which TensorRT 10.3's
+# parser (JetPack 6) does not read. ONNX Runtime's CPU provider has no fast fp16 kernels, so
+# fp16 there would be a silent slowdown.
+TARGET_PRECISIONS = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32")}
+TARGET_ACTIVATIONS = {"tensorrt": ("static",), "onnxruntime-cpu": ACTIVATIONS}
 
 
 class PlanError(UserError):
@@ -226,6 +228,8 @@ def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any
         elif key == "block_size":
             r.typed(value, p, int, 8, 4096)
         elif key == "activations":
+            if value is False:  # YAML 1.1 reads a bare `off` as false
+                value = "off"
             r.choice(value, p, ACTIVATIONS)
             if value not in TARGET_ACTIVATIONS[target]:
                 raise r.fail(p, f"{value} activations are not available on target {target} "
@@ -237,10 +241,12 @@ def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any
 
 
 def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
-    if spec.precision == "int4" and spec.weight_granularity != "per-block":
-        raise r.fail(path, "int4 is weight-only and needs weight_granularity: per-block")
-    if spec.weight_granularity == "per-block" and spec.precision != "int4":
-        raise r.fail(path, "per-block weights are supported for int4 only")
+    if spec.precision == "int4" and (spec.weight_granularity != "per-block" or spec.activations != "off"):
+        raise r.fail(path, "int4 is weight-only: it needs weight_granularity: per-block and activations: off")
+    if spec.weight_granularity == "per-block" and spec.precision not in ("int4", "int8"):
+        raise r.fail(path, "per-block weights need precision int4 or int8")
+    if spec.weight_granularity == "per-block" and spec.activations != "off":
+        raise r.fail(path, "per-block weights are weight-only: set activations: off")
 
 
 def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> QdqPlan:

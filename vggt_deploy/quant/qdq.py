@@ -49,20 +49,28 @@ def weight_axis(model: onnx.ModelProto, layer: Layer) -> int:
     return 1
 
 
-def _unsupported(plan: QdqPlan, resolved: dict[str, Resolved]) -> None:
-    for name, r in resolved.items():
+def _unsupported(plan: QdqPlan, layers: list[Layer], resolved: dict[str, Resolved]) -> None:
+    """Refuse what this release cannot build rather than quietly running it in another precision."""
+    for layer in layers:
+        r = resolved[layer.name]
         where = f"rule {r.rule} ({plan.rules[r.rule].match!r})" if r.rule is not None else "default"
-        if r.spec.precision in ("int4", "int16"):
-            raise UserError(f"{plan.source}: {where} sets {r.spec.precision} for {name}; "
-                            f"{r.spec.precision} QDQ is not implemented in this release (use int8, fp16 or fp32)")
-        if r.spec.precision == "int8" and r.spec.activations == "off":
-            raise UserError(f"{plan.source}: {where}: weight-only int8 (activations: off) is not implemented "
-                            "in this release; use activations: static or dynamic")
+        if r.spec.precision == "int16":
+            raise UserError(f"{plan.source}: {where} sets int16 for {layer.name}; int16 QDQ is not implemented "
+                            "in this release (use int8 or fp32)")
+        weight_only = r.spec.quantized and r.spec.activations == "off"
+        if weight_only and (layer.op_type != "MatMul" or layer.weight is None):
+            if layer.weight is None and not r.spec.attention_matmuls:
+                continue  # activation-only matmuls are float unless attention_matmuls is set
+            raise UserError(f"{plan.source}: {where}: weight-only {r.spec.precision} supports MatMul layers with "
+                            f"weights; {layer.name} is {layer.op_type} (give it its own rule)")
+        if r.spec.activations == "dynamic" and r.spec.quantized and layer.weight is not None and layer.op_type != "MatMul":
+            raise UserError(f"{plan.source}: {where}: dynamic activations support MatMul layers; {layer.name} is "
+                            f"{layer.op_type} (give it a rule with activations: static)")
 
 
-def partition(layers: list[Layer], resolved: dict[str, Resolved]) -> tuple[list[Layer], list[Layer]]:
-    """(static QDQ layers, dynamic layers). Activation-only matmuls need `attention_matmuls`."""
-    static, dynamic = [], []
+def partition(layers: list[Layer], resolved: dict[str, Resolved]) -> tuple[list[Layer], list[Layer], list[Layer]]:
+    """(static QDQ, dynamic, weight-only) layers. Activation-only matmuls need `attention_matmuls`."""
+    static, dynamic, weight_only = [], [], []
     for layer in layers:
         spec = resolved[layer.name].spec
         if not spec.quantized:
@@ -72,9 +80,11 @@ def partition(layers: list[Layer], resolved: dict[str, Resolved]) -> tuple[list[
         if spec.activations == "dynamic":
             if layer.weight is not None and layer.op_type == "MatMul":
                 dynamic.append(layer)
+        elif spec.activations == "off":
+            weight_only.append(layer)
         else:
             static.append(layer)
-    return static, dynamic
+    return static, dynamic, weight_only
 
 
 def keep_float_consumers(model: onnx.ModelProto) -> int:
@@ -127,8 +137,8 @@ def quantize(
 
     layers = find_layers(fp32)
     resolved = plan.resolve([l.name for l in layers])
-    _unsupported(plan, resolved)
-    static, dynamic = partition(layers, resolved)
+    _unsupported(plan, layers, resolved)
+    static, dynamic, weight_only = partition(layers, resolved)
     trt = plan.target == "tensorrt"
     fp32_bytes = fp32.SerializeToString()
     ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration)
@@ -176,7 +186,9 @@ def quantize(
                              weight_type=QuantType.QInt8, nodes_to_quantize=[l.node for l in dynamic],
                              extra_options={"MatMulConstBOnly": True})
             model = onnx.load(str(out))
-    report = _report(plan, layers, resolved, static, dynamic, ranges_file, cache_hit)
+    if weight_only:
+        model = _weight_only(model, weight_only, resolved)
+    report = _report(plan, layers, resolved, static, dynamic, weight_only, ranges_file, cache_hit)
     set_metadata(model, {
         "vggt.plan_hash": plan.plan_hash(),
         "vggt.target": plan.target,
@@ -185,18 +197,37 @@ def quantize(
     return QuantResult(model=model, report=report)
 
 
-def _report(plan, layers, resolved, static, dynamic, ranges_file: Path, cache_hit: bool) -> dict:
-    static_names = {l.name for l in static}
-    dynamic_names = {l.name for l in dynamic}
+def _weight_only(model: onnx.ModelProto, layers: list[Layer], resolved: dict[str, Resolved]) -> onnx.ModelProto:
+    """int4/int8 weight-only MatMuls as ONNX Runtime's MatMulNBits, one pass per (bits, block size)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    groups: dict[tuple[int, int, bool], list[str]] = {}
+    for layer in layers:
+        spec = resolved[layer.name].spec
+        bits = 4 if spec.precision == "int4" else 8
+        per_channel = spec.weight_granularity != "per-block"
+        groups.setdefault((bits, spec.block_size, per_channel), []).append(layer.node)
+    for (bits, block, per_channel), nodes in groups.items():
+        # Its nodes_to_include adds to op_types_to_quantize instead of narrowing it: exclude the rest.
+        others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in nodes]
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block, is_symmetric=True, nodes_to_exclude=others,
+                                         op_types_to_quantize=("MatMul",), channel_wised_quantize=per_channel)
+        quantizer.process()
+        model = quantizer.model.model
+    return model
+
+
+def _report(plan, layers, resolved, static, dynamic, weight_only, ranges_file: Path, cache_hit: bool) -> dict:
+    modes = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic} | {l.name: "weight-only" for l in weight_only}
     rows = []
     for layer in layers:
         r = resolved[layer.name]
-        mode = "static" if layer.name in static_names else "dynamic" if layer.name in dynamic_names else "float"
-        rows.append({
-            "layer": layer.name, "node": layer.node, "op": layer.op_type, "precision": r.spec.precision if mode != "float" or not r.spec.quantized else "fp32",
-            "requested": r.spec.precision, "weight_granularity": r.spec.weight_granularity if layer.weight and mode != "float" else None,
-            "activations": mode, "rule": r.rule,
-        })
+        mode = modes.get(layer.name, "float")
+        # An activation-only matmul under an int8 rule without attention_matmuls runs in float.
+        precision = "fp32" if mode == "float" and r.spec.quantized else r.spec.precision
+        granularity = r.spec.weight_granularity if layer.weight and mode != "float" else None
+        rows.append({"layer": layer.name, "node": layer.node, "op": layer.op_type, "precision": precision,
+                     "requested": r.spec.precision, "weight_granularity": granularity, "activations": mode, "rule": r.rule})
     ranges = {}
     if ranges_file.is_file():
         raw = json.loads(ranges_file.read_text())
@@ -216,7 +247,7 @@ def _report(plan, layers, resolved, static, dynamic, ranges_file: Path, cache_hi
                         "images": plan.calibration.images, "num_images": plan.calibration.num_images,
                         "cache": str(ranges_file), "cache_hit": cache_hit},
         "range_summary": {"tensors": len(ranges), "abs_max_median": float(np.median(amax)), "abs_max_max": float(amax.max())},
-        "counts": {"layers": len(layers), "static": len(static), "dynamic": len(dynamic),
-                   "float": len(layers) - len(static) - len(dynamic)},
+        "counts": {"layers": len(layers), "static": len(static), "dynamic": len(dynamic), "weight_only": len(weight_only),
+                   "float": len(layers) - len(modes)},
         "layers": rows,
     }
