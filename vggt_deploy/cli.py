@@ -282,14 +282,15 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None,
     loaded = load_model(model_dir)
     infer = None
     if onnx_file is not None:
-        from vggt_deploy.backends.ort_session import make_session, session_infer
+        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.bench.evaluate import runner_infer
         from vggt_deploy.export.onnx_export import get_metadata, load_onnx
 
         meta = get_metadata(load_onnx(onnx_file))
         if meta.get("vggt.config_hash") != loaded.model.cfg.config_hash():
             raise UserError(f"{onnx_file}: exported from config {meta.get('vggt.config_hash', 'unknown')}, but "
                             f"{model_dir} has config {loaded.model.cfg.config_hash()}; pass the matching --model")
-        infer = session_infer(make_session(onnx_file))
+        infer = runner_infer(OrtRunner(onnx_file, name=onnx_file.name).activate())
         if write_card:
             raise UserError("--write-card describes a PyTorch model folder; drop --onnx")
     if data_dir is None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vggt_deploy.errors import UserError
 
 
@@ -49,13 +47,3 @@ def make_session(model: bytes | str | Path, threads: int | None = None, optimize
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         name = "<in-memory model>" if isinstance(model, bytes) else str(model)
         raise UserError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-
-
-def session_infer(session: Any):
-    """An evaluation `InferFn` over a session with the VGGT input/output contract."""
-    outputs = [o.name for o in session.get_outputs()]
-
-    def infer(images: np.ndarray, query_embeds: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(session.run(outputs, {"images": images.astype(np.float32), "query_embeds": query_embeds.astype(np.float32)}))
-
-    return infer

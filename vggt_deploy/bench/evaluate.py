@@ -35,6 +35,17 @@ def torch_infer(model: torch.nn.Module) -> InferFn:
     return infer
 
 
+def runner_infer(runner) -> InferFn:
+    """Any active `Runner` with the VGGT contract as an `InferFn`."""
+    from vggt_deploy.model.vggt import OUTPUT_NAMES
+
+    def infer(images: np.ndarray, query_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = runner.infer({"images": images.astype(np.float32), "query_embeds": query_embeds.astype(np.float32)})
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+    return infer
+
+
 @torch.no_grad()
 def query_embeddings(loaded: LoadedModel, texts: list[str]) -> np.ndarray:
     """Embed texts with the model's own tokenizer and query encoder -> (Q, D) float32."""
