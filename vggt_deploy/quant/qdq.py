@@ -178,12 +178,14 @@ def quantize(
             )
             model = onnx.load(str(out))
             keep_float_consumers(model)
-        if dynamic:
+        for per_channel in (True, False):  # quantize_dynamic's granularity is global: one pass per kind
+            group = [l for l in dynamic if (resolved[l.name].spec.weight_granularity == "per-channel") == per_channel]
+            if not group:
+                continue
             src, out = Path(tmp) / "pre_dynamic.onnx", Path(tmp) / "dynamic.onnx"
             onnx.save(model, str(src))
-            per_channel = any(resolved[l.name].spec.weight_granularity == "per-channel" for l in dynamic)
             quantize_dynamic(src, out, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                             weight_type=QuantType.QInt8, nodes_to_quantize=[l.node for l in dynamic],
+                             weight_type=QuantType.QInt8, nodes_to_quantize=[l.node for l in group],
                              extra_options={"MatMulConstBOnly": True})
             model = onnx.load(str(out))
     if weight_only:

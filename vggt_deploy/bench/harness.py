@@ -1,0 +1,228 @@
+"""The benchmark harness: build every target, time them side by side, score them, report.
+
+A target is a name plus a function that builds a `Runner` for it. Building and
+scoring one target never stops the others: a failure becomes a row with
+status "failed" and the reason. Timing alternates targets round by round
+(`time_alternating`), with every runtime's thread pool capped at the same
+number of threads and no spinning, so ratios measured in one run are honest.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from vggt_deploy.backends.base import Runner
+from vggt_deploy.backends.ort_runner import OrtRunner
+from vggt_deploy.backends.torch_runner import TorchRunner
+from vggt_deploy.bench.evaluate import evaluate, query_embeddings, runner_infer
+from vggt_deploy.bench.flops import count_gflops
+from vggt_deploy.bench.timing import time_alternating
+from vggt_deploy.errors import UserError
+
+
+@dataclass
+class BenchConfig:
+    model_dir: Path
+    build_dir: Path
+    plans_dir: Path
+    mixed_plan: Path | None = None
+    device: str = "cpu"
+    targets: tuple[str, ...] = ()
+    batch: int = 1
+    eval_images: int = 1000
+    warmup: int = 10
+    rounds: int = 50
+    threads: int = 2
+
+
+@dataclass
+class TargetResult:
+    name: str
+    status: str = "ok"
+    reason: str = ""
+    description: str = ""
+    file: str = ""
+    size_mb: float | None = None
+    gflops: float | None = None
+    latency_ms: dict = field(default_factory=dict)
+    fps: float | None = None
+    mem_mb: float | None = None
+    map: float | None = None
+    map50: float | None = None
+    map_small: float | None = None
+    map_medium: float | None = None
+    map_large: float | None = None
+    refexp_acc: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    build: Callable[["Builds", BenchConfig], tuple[Runner, Path]]
+
+
+class Builds:
+    """Lazily exported artifacts shared by targets (one FP32 export for all of them)."""
+
+    def __init__(self, cfg: BenchConfig) -> None:
+        self.cfg = cfg
+        self._exports: dict[str, Path] = {}
+
+    def export(self, plan_name: str | None, plan_path: Path | None = None) -> Path:
+        from vggt_deploy.export.pipeline import export_from_model
+        from vggt_deploy.quant.plan import load_plan
+
+        key = plan_name or "fp32"
+        if key not in self._exports:
+            plan = load_plan(plan_path or self.cfg.plans_dir / f"{plan_name}.yaml") if plan_name else None
+            out = export_from_model(self.cfg.model_dir, self.cfg.build_dir / key, plan)
+            self._exports[key] = out.qdq or out.fp32
+        return self._exports[key]
+
+
+def _ort_plan(plan: str) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
+    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
+        path = builds.export(plan, cfg.mixed_plan if plan == "mixed" else None)
+        return OrtRunner(path, name=f"ort-{plan}", threads=cfg.threads), path
+
+    return build
+
+
+def _ort_fp32(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
+    path = builds.export(None)
+    return OrtRunner(path, name="ort-fp32", threads=cfg.threads), path
+
+
+def _torch(dynamic: bool) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
+    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
+        name = "torch-int8-dynamic" if dynamic else "torch-fp32"
+        return TorchRunner(cfg.model_dir, name=name, dynamic_int8=dynamic, threads=cfg.threads), cfg.model_dir / "model.safetensors"
+
+    return build
+
+
+def _ort_quantize_static_default(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
+    """The peer a user would otherwise pick: onnxruntime's quantize_static with its defaults."""
+    import onnx
+    from onnxruntime.quantization import quantize_static
+
+    from vggt_deploy.model.io import load_model
+    from vggt_deploy.quant.calibrate import TensorReader, calibration_tensors
+    from vggt_deploy.quant.plan import CalibrationSpec
+
+    fp32 = builds.export(None)
+    out = cfg.build_dir / "ort-quantize-static" / "model.qdq.onnx"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        loaded = load_model(cfg.model_dir)
+        spec = CalibrationSpec(method="minmax", num_images=128)
+        from vggt_deploy.export.pipeline import REPO_ROOT
+
+        images = calibration_tensors(spec, loaded.model.cfg.preprocess, REPO_ROOT)
+        queries = np.load(fp32.parent / "queries.npy")
+        tmp = out.with_name(".model.qdq.onnx.tmp")
+        quantize_static(str(fp32), str(tmp), TensorReader(images, "images", {"query_embeds": queries}))
+        onnx.checker.check_model(str(tmp))
+        os.replace(tmp, out)
+    return OrtRunner(out, name="ort-quantize-static", threads=cfg.threads), out
+
+
+CPU_TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("torch-fp32", "PyTorch eager, float32", _torch(False)),
+        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", _torch(True)),
+        Target("ort-fp32", "ONNX Runtime CPU, float32", _ort_fp32),
+        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", _ort_plan("int8")),
+        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", _ort_plan("mixed")),
+        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer", _ort_quantize_static_default),
+    )
+}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def run_bench(cfg: BenchConfig) -> list[TargetResult]:
+    """Run the configured targets on the CPU profile; every target gets a row."""
+    import torch
+
+    from vggt_deploy.data.coco import load_coco, synthetic_split
+    from vggt_deploy.data.vocabulary import category_names
+    from vggt_deploy.model.io import load_model
+
+    if cfg.device != "cpu":
+        raise UserError(f"--device {cfg.device}: the TensorRT targets are not available in this build; use --device cpu")
+    names = cfg.targets or tuple(CPU_TARGETS)
+    unknown = [n for n in names if n not in CPU_TARGETS]
+    if unknown:
+        raise UserError(f"unknown target(s) {unknown}; known: {', '.join(CPU_TARGETS)}")
+    torch.set_num_threads(cfg.threads)
+    loaded = load_model(cfg.model_dir)
+    builds = Builds(cfg)
+    results = {n: TargetResult(name=n, description=CPU_TARGETS[n].description) for n in names}
+    runners: dict[str, Runner] = {}
+    size = loaded.model.cfg.image_size
+    queries = query_embeddings(loaded, category_names())
+    feeds = {"images": np.random.default_rng(0).normal(size=(cfg.batch, 3, size, size)).astype(np.float32),
+             "query_embeds": queries}
+    for name in tqdm(names, desc="building targets", unit="target"):
+        res = results[name]
+        try:
+            runner, path = CPU_TARGETS[name].build(builds, cfg)
+            before = _rss_mb()  # resident memory the loaded model and one inference add
+            runner.activate()
+            runner.infer(feeds)
+            res.mem_mb = round(_rss_mb() - before, 1)
+            res.file = str(path)
+            res.size_mb = round(path.stat().st_size / 1e6, 3)
+            runners[name] = runner
+        except Exception as exc:  # a failing target is a row, never a stop
+            res.status, res.reason = "failed", _reason(exc)
+    try:
+        import onnx
+
+        gflops = count_gflops(onnx.load(str(builds.export(None))), {"num_queries": len(queries)})
+    except Exception:
+        gflops = None
+    for name in runners:
+        results[name].gflops = round(gflops, 3) if gflops is not None else None
+    stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()},
+                             warmup=cfg.warmup, rounds=cfg.rounds, batch=cfg.batch)
+    for name, s in stats.items():
+        results[name].latency_ms = {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "p99": round(s.p99, 3)}
+        results[name].fps = round(s.fps, 2)
+    dataset = load_coco(synthetic_split("eval", cfg.eval_images))
+    for name, runner in runners.items():
+        try:
+            m = evaluate(loaded, dataset, infer=runner_infer(runner), batch_size=16, progress=False)
+            for key in ("map", "map50", "map_small", "map_medium", "map_large", "refexp_acc", "top1", "top5"):
+                setattr(results[name], key, round(m[key], 4))
+        except Exception as exc:
+            results[name].status, results[name].reason = "failed", _reason(exc)
+        finally:
+            runner.close()
+    return [results[n] for n in names]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UserError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} ({Path(frame.filename).name}:{frame.lineno})"
+
+
+def results_as_dicts(results: list[TargetResult]) -> list[dict]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,49 @@
+"""Latency measurement: warm-up, then timed rounds that alternate targets.
+
+Alternating (and rotating the order every round) spreads a noisy machine's
+drift over all targets alike, so ratios measured in one run are honest.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per call over the timed rounds; fps counts images (batch / p50)."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    fps: float
+    rounds: int
+
+    @classmethod
+    def from_samples(cls, seconds: list[float], batch: int) -> LatencyStats:
+        ms = np.asarray(seconds) * 1e3
+        p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+        return cls(p50=p50, p90=p90, p99=p99, mean=float(ms.mean()), fps=batch * 1e3 / p50, rounds=len(ms))
+
+
+def time_alternating(
+    calls: dict[str, Callable[[], object]], warmup: int = 5, rounds: int = 30, batch: int = 1
+) -> dict[str, LatencyStats]:
+    """Time each zero-argument call; rounds alternate between calls, order rotated each round."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            calls[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: LatencyStats.from_samples(s, batch) for name, s in samples.items()}
