@@ -304,6 +304,38 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
             sys.exit(1)
 
 
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="Model folder (runs in PyTorch; with --onnx it supplies the tokenizer and query encoder).")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Run this ONNX file with ONNX Runtime.")
+@click.option("--image", "image_path", type=click.Path(path_type=Path), required=True)
+@click.option("--query", "-q", "queries", multiple=True, required=True,
+              help='A class name or referring expression; repeat for several ("red circle").')
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/infer"), show_default=True)
+def infer(model_dir, onnx_file, image_path, queries, output) -> None:
+    """Ground text queries in one image: boxes and scores as JSON, and an annotated PNG."""
+    from vggt_deploy.data.preprocess import read_image
+    from vggt_deploy.infer import ground, write_outputs
+    from vggt_deploy.model.io import load_model
+
+    loaded = load_model(model_dir)
+    image = read_image(image_path)
+    if onnx_file is not None:
+        from vggt_deploy.backends.ort_runner import OrtRunner
+
+        runner = OrtRunner(onnx_file, name=onnx_file.name)
+    else:
+        from vggt_deploy.backends.torch_runner import TorchRunner
+
+        runner = TorchRunner(model_dir)
+    with runner:
+        results = ground(runner, loaded, image, list(queries))
+    json_path, png_path = write_outputs(output, image_path.stem, image, results)
+    for r in results:
+        click.echo(f"{r.query!r}: box {r.box} score {r.score:.3f}")
+    click.echo(f"wrote {json_path} and {png_path}")
+
+
 @main.command("eval")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="Model folder (model.safetensors, config.json, vocab.json); with --onnx it supplies the query encoder.")

@@ -1,0 +1,74 @@
+"""Single-image grounding: image + text queries -> boxes, scores, an annotated picture.
+
+Uses the same preprocessing and postprocessing as evaluation; the backend is
+any `Runner` (PyTorch model folder or ONNX file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vggt_deploy.backends.base import Runner
+from vggt_deploy.data.preprocess import preprocess
+from vggt_deploy.model.io import LoadedModel
+from vggt_deploy.postprocess import best_box
+
+
+@dataclass
+class Grounding:
+    """The best box for one query: pixel (x, y, w, h) and sigmoid score."""
+
+    query: str
+    box: list[float]
+    score: float
+
+
+def ground(runner: Runner, loaded: LoadedModel, image: np.ndarray, queries: list[str]) -> list[Grounding]:
+    """Top-1 box per query on one BGR image."""
+    from vggt_deploy.bench.evaluate import query_embeddings
+
+    h, w = image.shape[:2]
+    feeds = {"images": preprocess(image, loaded.model.cfg.preprocess)[None],
+             "query_embeds": query_embeddings(loaded, queries)}
+    out = runner.infer(feeds)
+    results = []
+    for q, text in enumerate(queries):
+        box, score = best_box(out["boxes"][0], out["logits"][0], q, w, h)
+        results.append(Grounding(text, [round(float(v), 2) for v in box], round(score, 4)))
+    return results
+
+
+_PALETTE = [(0, 200, 255), (255, 120, 0), (60, 220, 60), (255, 0, 200), (0, 80, 255), (200, 200, 0)]
+
+
+def draw(image: np.ndarray, results: list[Grounding]) -> np.ndarray:
+    """The image with each query's box and a caption (query, score)."""
+    canvas = image.copy()
+    for i, r in enumerate(results):
+        x, y, w, h = (int(round(v)) for v in r.box)
+        colour = _PALETTE[i % len(_PALETTE)]
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), colour, 2)
+        label = f"{r.query} {r.score:.2f}"
+        cv2.putText(canvas, label, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(canvas, label, (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1, cv2.LINE_AA)
+    return canvas
+
+
+def write_outputs(out_dir: Path, stem: str, image: np.ndarray, results: list[Grounding]) -> tuple[Path, Path]:
+    """<stem>.json and <stem>.png in out_dir, each written atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    tmp.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
+    os.replace(tmp, json_path)
+    ok, buf = cv2.imencode(".png", draw(image, results))
+    tmp_png = png_path.with_name(f".{png_path.name}.tmp")
+    tmp_png.write_bytes(buf.tobytes())
+    os.replace(tmp_png, png_path)
+    return json_path, png_path
