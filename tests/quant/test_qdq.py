@@ -1,4 +1,3 @@
-import dataclasses
 from collections import Counter
 
 import numpy as np

@@ -1,5 +1,4 @@
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from vggt_deploy.quant.validate import validate_tensorrt

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -68,7 +68,7 @@ class TargetResult:
 class Target:
     name: str
     description: str
-    build: Callable[["Builds", BenchConfig], tuple[Runner, Path]]
+    build: Callable[[Builds, BenchConfig], tuple[Runner, Path]]
 
 
 class Builds:

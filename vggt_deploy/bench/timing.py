@@ -7,8 +7,8 @@ drift over all targets alike, so ratios measured in one run are honest.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -86,7 +86,7 @@ def _background(rng: np.random.Generator, cfg: SceneConfig) -> np.ndarray:
 def _draw(img: np.ndarray, obj: SceneObject, colour: tuple[int, int, int]) -> None:
     x, y, w, h = obj.box
     s = 16  # fixed-point shift: sub-pixel accurate, anti-aliased edges
-    to_fp = lambda v: int(round(v * (1 << s)))  # noqa: E731
+    to_fp = lambda v: int(round(v * (1 << s)))
     if obj.shape == "circle":
         centre = (to_fp(x + w / 2), to_fp(y + h / 2))
         cv2.ellipse(img, centre, (to_fp(w / 2), to_fp(h / 2)), 0, 0, 360, colour, -1, cv2.LINE_AA, s)

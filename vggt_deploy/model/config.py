@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError

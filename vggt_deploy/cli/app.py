@@ -1,0 +1,66 @@
+"""The `vggt-deploy` click group and what every command shares.
+
+Each command parses its options, builds a typed config and calls one library
+function. A `UserError` becomes one line on stderr and exit code 2, without a
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vggt_deploy.errors import UserError
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "vggt_small"
+PLANS_DIR = DEFAULT_MODEL.parent / "plans"
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+def _command_line(ctx: click.Context) -> str:
+    """The command as a user would retype it: options that differ from their defaults."""
+    parts = [ctx.command_path]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == param.default or not isinstance(param, click.Option):
+            continue
+        opt = max(param.opts, key=len)
+        parts.append(opt if param.is_flag else f"{opt} {value}")
+    return " ".join(parts)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vggt-deploy")
+def main() -> None:
+    """Export, quantize, build and benchmark VGGT grounding models for the edge.
+
+    Start with `vggt-deploy eval` on the shipped model, or `vggt-deploy data
+    generate` to see the synthetic grounding scenes it was trained on.
+    """
+
+
+
+
+def _plan_path(value: str | None) -> Path | None:
+    """A plan path, or a shipped plan's short name (`mixed` -> models/plans/mixed.yaml)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.exists() and (PLANS_DIR / f"{value}.yaml").exists():
+        return PLANS_DIR / f"{value}.yaml"
+    if not path.exists() and (PLANS_DIR / value).exists():
+        return PLANS_DIR / value
+    return path
+
+
+TARGET_CHOICE = click.Choice(["tensorrt", "onnxruntime-cpu"])

@@ -1,0 +1,54 @@
+"""`vggt-deploy bench`: every target side by side."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from vggt_deploy.cli.app import DEFAULT_MODEL, PLANS_DIR, _command_line, _plan_path, main
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--plan", "plan_value", default=None, help="Plan for the ort-mixed target (default: models/plans/mixed.yaml).")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "jetson"]), default="cpu", show_default=True,
+              help="Device profile; cuda/jetson need the TensorRT targets.")
+@click.option("--targets", default=None, help="Comma-separated subset, e.g. 'ort-fp32,ort-mixed' (default: all for the device).")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size for timing.")
+@click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=50, show_default=True, help="Timed rounds per target.")
+@click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True,
+              help="Threads for every runtime (equal, non-spinning pools).")
+@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/bench"), show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the JSON report to this file.")
+@click.option("--min-map", type=float, default=None, help="Exit non-zero when an ok target scores below this mAP.")
+def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, warmup, threads, build_dir, results_dir,
+          json_file, min_map) -> None:
+    """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k."""
+    from vggt_deploy.bench.harness import BenchConfig, results_as_dicts, run_bench
+    from vggt_deploy.bench.report import environment, markdown_table, write_reports
+
+    cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, plans_dir=PLANS_DIR, mixed_plan=_plan_path(plan_value),
+                      device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
+                      batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
+    rows = results_as_dicts(run_bench(cfg))
+    meta = {"environment": environment(), "settings": {"model": str(model_dir), "device": device, "batch": batch,
+            "eval_images": eval_images, "rounds": rounds, "warmup": warmup, "threads": threads,
+            "command": _command_line(click.get_current_context())}}
+    paths = write_reports(rows, meta, results_dir)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(paths["json"].read_text())
+    click.echo(markdown_table(rows))
+    click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}")
+    if min_map is not None:
+        low = [r["name"] for r in rows if r["status"] == "ok" and (r["map"] or 0.0) < min_map]
+        if low:
+            click.echo(f"below --min-map {min_map}: {', '.join(low)}", err=True)
+            sys.exit(1)

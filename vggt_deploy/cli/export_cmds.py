@@ -1,0 +1,114 @@
+"""`vggt-deploy export | plan show | check`: ONNX export and mixed-precision quantization."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from vggt_deploy.cli.app import DEFAULT_MODEL, TARGET_CHOICE, _plan_path, main
+from vggt_deploy.errors import UserError
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+              help="Model folder to export [default: the shipped models/vggt_small].")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
+              help="Quantize an existing ONNX image model instead (needs --plan; its calibration.input describes preprocessing).")
+@click.option("--plan", "plan_value", default=None,
+              help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-trt...).")
+@click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target (QDQ flavour).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/export"),
+              show_default=True, help="Output folder.")
+def export(model_dir, onnx_file, plan_value, target, output) -> None:
+    """Export to FP32 ONNX (checked against PyTorch); with --plan, calibrate and write model.qdq.onnx + report.json."""
+    from vggt_deploy.export.pipeline import export_from_model, export_from_onnx
+    from vggt_deploy.quant.plan import load_plan
+
+    plan = load_plan(_plan_path(plan_value), target=target) if plan_value else None
+    if onnx_file is not None:
+        if model_dir is not None:
+            raise UserError("give either --model or --onnx, not both")
+        if plan is None:
+            raise UserError("--onnx needs --plan (there is nothing to do to an ONNX file without one)")
+        result = export_from_onnx(onnx_file, output, plan)
+    else:
+        result = export_from_model(model_dir or DEFAULT_MODEL, output, plan)
+        diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.export_info["max_abs_diff_vs_torch"].items())
+        click.echo(f"FP32 ONNX: {result.fp32} ({result.export_info['fp32_size_mb']:.1f} MB); ORT vs PyTorch max |diff|: {diffs}")
+    if result.qdq is not None:
+        counts = result.report["counts"]
+        click.echo(f"QDQ ONNX ({result.report['target']}): {result.qdq} ({result.export_info['qdq_size_mb']:.1f} MB); "
+                   f"layers: {counts['static']} static, {counts['dynamic']} dynamic, {counts['weight_only']} weight-only, "
+                   f"{counts['float']} float; "
+                   f"report: {output / 'report.json'}")
+
+
+@main.group()
+def plan() -> None:
+    """Mixed-precision plans: inspect what a plan does to a model."""
+
+
+@plan.command("show")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: shipped model).")
+@click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Or an ONNX file (e.g. build/export/model.onnx).")
+@click.option("--plan", "plan_value", required=True, help="Plan YAML path or shipped name.")
+@click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target.")
+def plan_show(model_dir, onnx_file, plan_value, target) -> None:
+    """Print the resolved per-layer table without building anything."""
+    from vggt_deploy.quant.layers import find_layers
+    from vggt_deploy.quant.plan import load_plan
+    from vggt_deploy.quant.qdq import partition
+
+    plan_ = load_plan(_plan_path(plan_value), target=target)
+    graph = _graph_for(model_dir, onnx_file)
+    layers = find_layers(graph)
+    resolved = plan_.resolve([l.name for l in layers])
+    static, dynamic, weight_only = partition(layers, resolved)
+    mode = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic} | {l.name: "off" for l in weight_only}
+    click.echo(f"plan {plan_.source} (target {plan_.target}, calibration {plan_.calibration.method}, "
+               f"{plan_.calibration.num_images} images)")
+    click.echo(f"{'layer':42} {'op':6} {'precision':9} {'weights':12} {'activations':11} rule")
+    for layer in layers:
+        spec, rule = resolved[layer.name].spec, resolved[layer.name].rule
+        gran = spec.weight_granularity if layer.weight and layer.name in mode else "-"
+        shown = spec.precision if layer.name in mode or not spec.quantized else "fp32"
+        rule_text = "default" if rule is None else f"{rule}: {plan_.rules[rule].match}"
+        click.echo(f"{layer.name:42} {layer.op_type:6} {shown:9} {gran:12} {mode.get(layer.name, 'float'):11} {rule_text}")
+
+
+def _graph_for(model_dir: Path | None, onnx_file: Path | None):
+    """The FP32 graph whose layers a plan is resolved against (traced in memory for a model folder)."""
+    from vggt_deploy.export.onnx_export import load_onnx
+
+    if onnx_file is not None:
+        return load_onnx(onnx_file)
+
+    import torch
+
+    from vggt_deploy.export.onnx_export import _trace, simplify_keeping_scopes
+    from vggt_deploy.model.io import load_model
+
+    loaded = load_model(model_dir or DEFAULT_MODEL)
+    cfg = loaded.model.cfg
+    images = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    queries = torch.zeros(2, cfg.ground_dim)
+    return simplify_keeping_scopes(_trace(loaded.model, images, queries))
+
+
+@main.command()
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["tensorrt"]), default="tensorrt", show_default=True)
+def check(onnx_file: Path, target: str) -> None:
+    """Check a QDQ ONNX file against TensorRT's rules; lists every violation (exit 1 if any)."""
+    from vggt_deploy.export.onnx_export import load_onnx
+    from vggt_deploy.quant.validate import validate_tensorrt
+
+    violations = validate_tensorrt(load_onnx(onnx_file))
+    if violations:
+        click.echo(f"{onnx_file}: {len(violations)} TensorRT rule violation(s):")
+        for v in violations:
+            click.echo(f"  - {v}")
+        sys.exit(1)
+    click.echo(f"{onnx_file}: passes the TensorRT rules")
