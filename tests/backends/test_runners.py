@@ -49,3 +49,21 @@ def test_torch_dynamic_int8_peer_runs(tiny_export, tiny_model_dir):
     with TorchRunner(tiny_model_dir, dynamic_int8=True) as runner:
         out = runner.infer(feeds)
     assert out["boxes"].shape == (2, 4, 4)
+
+
+def test_build_ort_writes_an_optimized_model_that_agrees(tiny_export, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from vggt_deploy.cli import main
+
+    for fmt, name in (("onnx", "opt.onnx"), ("ort", "opt.ort")):
+        out = tmp_path / name
+        result = CliRunner().invoke(main, ["build-ort", "--onnx", str(tiny_export.fp32), "-o", str(out), "--format", fmt])
+        assert result.exit_code == 0, result.output
+        settings = json.loads((tmp_path / f"{name}.json").read_text())
+        assert settings["format"] == fmt and settings["portable"]
+        feeds = _feeds(tiny_export)
+        with OrtRunner(out) as built, OrtRunner(tiny_export.fp32) as plain:
+            assert np.abs(built.infer(feeds)["boxes"] - plain.infer(feeds)["boxes"]).max() < 1e-4

@@ -56,6 +56,8 @@ def model_metadata(loaded: LoadedModel, extra: dict[str, str] | None = None) -> 
         "vggt.outputs": json.dumps(list(OUTPUT_NAMES)),
         "vggt.num_grounding_tokens": str(cfg.num_grounding_tokens),
         "vggt.ground_dim": str(cfg.ground_dim),
+        "vggt.embed_dim": str(cfg.embed_dim),
+        "vggt.num_heads": str(cfg.num_heads),
     }
     return meta | (extra or {})
 
