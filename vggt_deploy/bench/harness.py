@@ -23,6 +23,7 @@ from vggt_deploy.backends.ort_runner import OrtRunner
 from vggt_deploy.backends.torch_runner import TorchRunner
 from vggt_deploy.bench.evaluate import evaluate, query_embeddings, runner_infer
 from vggt_deploy.bench.flops import count_gflops
+from vggt_deploy.bench.peak import achieved_fraction, matmul_peak_gops
 from vggt_deploy.bench.timing import time_alternating
 from vggt_deploy.errors import UserError
 
@@ -62,6 +63,8 @@ class TargetResult:
     refexp_acc: float | None = None
     top1: float | None = None
     top5: float | None = None
+    achieved_gops: float | None = None
+    peak_fraction: float | None = None  # of this CPU's int8 (quantized targets) or fp32 MatMul peak
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Target:
     name: str
     description: str
     build: Callable[[Builds, BenchConfig], tuple[Runner, Path]]
+    int8: bool = False  # compared against the int8 MatMul peak
 
 
 class Builds:
@@ -141,11 +145,12 @@ CPU_TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("torch-fp32", "PyTorch eager, float32", _torch(False)),
-        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", _torch(True)),
+        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", _torch(True), True),
         Target("ort-fp32", "ONNX Runtime CPU, float32", _ort_fp32),
-        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", _ort_plan("int8")),
-        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", _ort_plan("mixed")),
-        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer", _ort_quantize_static_default),
+        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", _ort_plan("int8"), True),
+        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", _ort_plan("mixed"), True),
+        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer",
+               _ort_quantize_static_default, True),
     )
 }
 
@@ -155,7 +160,13 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def run_bench(cfg: BenchConfig) -> list[TargetResult]:
+@dataclass
+class BenchOutcome:
+    results: list[TargetResult]
+    peak_gops: dict[str, float]  # this CPU's MatMul ceilings: {"fp32": ..., "int8": ...}
+
+
+def run_bench(cfg: BenchConfig) -> BenchOutcome:
     """Run the configured targets on the CPU profile; every target gets a row."""
     import torch
 
@@ -204,6 +215,12 @@ def run_bench(cfg: BenchConfig) -> list[TargetResult]:
     for name, s in stats.items():
         results[name].latency_ms = {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "p99": round(s.p99, 3)}
         results[name].fps = round(s.fps, 2)
+    peak = matmul_peak_gops(threads=cfg.threads) if runners else {}
+    for name in runners:
+        ceiling = peak["int8" if CPU_TARGETS[name].int8 else "fp32"]
+        achieved, fraction = achieved_fraction(results[name].gflops, results[name].fps, ceiling)
+        results[name].achieved_gops = round(achieved, 2) if achieved else None
+        results[name].peak_fraction = round(fraction, 4) if fraction else None
     dataset = load_coco(synthetic_split("eval", cfg.eval_images))
     for name, runner in runners.items():
         try:
@@ -214,7 +231,7 @@ def run_bench(cfg: BenchConfig) -> list[TargetResult]:
             results[name].status, results[name].reason = "failed", _reason(exc)
         finally:
             runner.close()
-    return [results[n] for n in names]
+    return BenchOutcome([results[n] for n in names], {k: round(v, 1) for k, v in peak.items()})
 
 
 def _reason(exc: Exception) -> str:

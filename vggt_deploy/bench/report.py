@@ -17,7 +17,8 @@ from pathlib import Path
 
 COLUMNS = [("name", "Target"), ("status", "Status"), ("size_mb", "Size MB"), ("gflops", "GFLOPs"),
            ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Mem MB"),
-           ("map", "mAP"), ("map50", "mAP50"), ("refexp_acc", "RefExp"), ("top1", "Top-1"), ("top5", "Top-5")]
+           ("map", "mAP"), ("map50", "mAP50"), ("refexp_acc", "RefExp"), ("top1", "Top-1"), ("top5", "Top-5"),
+           ("achieved_gops", "GOPS"), ("peak_fraction", "of peak")]
 
 
 def environment() -> dict:

@@ -37,8 +37,9 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, plans_dir=PLANS_DIR, mixed_plan=_plan_path(plan_value),
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
                       batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
-    rows = results_as_dicts(run_bench(cfg))
-    meta = {"environment": environment(), "settings": {"model": str(model_dir), "device": device, "batch": batch,
+    outcome = run_bench(cfg)
+    rows = results_as_dicts(outcome.results)
+    meta = {"environment": environment(), "matmul_peak_gops": outcome.peak_gops, "settings": {"model": str(model_dir), "device": device, "batch": batch,
             "eval_images": eval_images, "rounds": rounds, "warmup": warmup, "threads": threads,
             "command": _command_line(click.get_current_context())}}
     paths = write_reports(rows, meta, results_dir)
@@ -46,6 +47,8 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
         json_file.parent.mkdir(parents=True, exist_ok=True)
         json_file.write_text(paths["json"].read_text())
     click.echo(markdown_table(rows))
+    click.echo(f"\nthis CPU's ONNX Runtime MatMul peak: {outcome.peak_gops.get('fp32', 0):.0f} GOPS fp32, "
+               f"{outcome.peak_gops.get('int8', 0):.0f} GOPS int8")
     click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}")
     if min_map is not None:
         low = [r["name"] for r in rows if r["status"] == "ok" and (r["map"] or 0.0) < min_map]

@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from vggt_deploy.bench.flops import count_gflops
+from vggt_deploy.bench.timing import LatencyStats, time_alternating
+from vggt_deploy.cli import main
+
+
+def test_bench_runs_every_target_and_reports_failures_as_rows(tiny_model_dir, tmp_path):
+    out = tmp_path / "results"
+    result = CliRunner().invoke(main, [
+        "bench", "--model", str(tiny_model_dir), "--eval-images", "4", "--rounds", "3", "--warmup", "1",
+        "--threads", "1", "--build-dir", str(tmp_path / "build"), "--results-dir", str(out),
+        "--json", str(tmp_path / "b.json"), "--targets", "torch-fp32,ort-fp32,ort-int8,ort-mixed"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    rows = {r["name"]: r for r in report["targets"]}
+    assert rows["ort-mixed"]["status"] == "failed" and "matches no layer" in rows["ort-mixed"]["reason"]
+    for name in ("torch-fp32", "ort-fp32", "ort-int8"):
+        row = rows[name]
+        assert row["status"] == "ok", row
+        for key in ("size_mb", "gflops", "fps", "map", "map50", "refexp_acc"):
+            assert row[key] is not None, (name, key)
+        assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+    assert rows["ort-int8"]["size_mb"] < rows["ort-fp32"]["size_mb"]
+    assert report["matmul_peak_gops"]["int8"] > 0 and report["environment"]["onnxruntime"]
+    for name in ("bench.json", "bench.csv", "bench.md", "bench_latency_vs_map.png", "bench_size_vs_map.png"):
+        assert (out / name).is_file()
+
+
+def test_min_map_fails_the_exit_code(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(main, [
+        "bench", "--model", str(tiny_model_dir), "--eval-images", "4", "--rounds", "2", "--warmup", "0",
+        "--build-dir", str(tmp_path / "build"), "--results-dir", str(tmp_path / "r"), "--targets", "torch-fp32",
+        "--min-map", "0.99"])
+    assert result.exit_code == 1
+
+
+def test_gflops_of_a_known_graph():
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((64, 32), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert count_gflops(model) == 2 * 10 * 64 * 32 / 1e9
+
+
+def test_alternating_timing_statistics():
+    calls = {"a": lambda: sum(range(1000)), "b": lambda: sum(range(10))}
+    stats = time_alternating(calls, warmup=1, rounds=9)
+    assert set(stats) == {"a", "b"} and all(s.rounds == 9 for s in stats.values())
+    s = LatencyStats.from_samples([0.001, 0.002, 0.003], batch=2)
+    assert s.p50 == 2.0 and s.fps == 1000.0
