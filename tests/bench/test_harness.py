@@ -55,3 +55,18 @@ def test_alternating_timing_statistics():
     assert set(stats) == {"a", "b"} and all(s.rounds == 9 for s in stats.values())
     s = LatencyStats.from_samples([0.001, 0.002, 0.003], batch=2)
     assert s.p50 == 2.0 and s.fps == 1000.0
+
+
+def test_batch_sweep_grows_latency_and_writes_benchmarks_md(tiny_export, tmp_path):
+    from vggt_deploy.bench.report import render_benchmarks
+    from vggt_deploy.bench.sweep import sweep_batch, sweep_markdown
+
+    queries = np.load(tiny_export.fp32.parent / "queries.npy")
+    rows = sweep_batch(tiny_export.fp32, tiny_export.fp32, queries, 32, threads=1, rounds=5)
+    fp32 = [r for r in rows if r["target"] == "ort-fp32"]
+    assert [r["batch"] for r in fp32] == [1, 2, 4, 8, 16]
+    assert fp32[-1]["p50_ms"] > fp32[0]["p50_ms"]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "sweep_batch.md").write_text(sweep_markdown("batch", rows))
+    md = render_benchmarks(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Scaling with batch" in md and "| 16 | ort-fp32 |" in md

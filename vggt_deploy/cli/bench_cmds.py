@@ -28,15 +28,24 @@ from vggt_deploy.cli.app import DEFAULT_MODEL, PLANS_DIR, _command_line, _plan_p
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the JSON report to this file.")
 @click.option("--min-map", type=float, default=None, help="Exit non-zero when an ok target scores below this mAP.")
+@click.option("--sweep", type=click.Choice(["batch", "resolution"]), default=None,
+              help="Instead of the target matrix: latency and memory vs batch size or vs image tokens.")
 def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, warmup, threads, build_dir, results_dir,
-          json_file, min_map) -> None:
-    """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k."""
+          json_file, min_map, sweep) -> None:
+    """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k.
+
+    Writes bench.json/.csv/.md and plots to --results-dir and refreshes bench/BENCHMARKS.md.
+    """
     from vggt_deploy.bench.harness import BenchConfig, results_as_dicts, run_bench
-    from vggt_deploy.bench.report import environment, markdown_table, write_reports
+    from vggt_deploy.bench.report import environment, markdown_table, render_benchmarks, write_reports
 
     cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, plans_dir=PLANS_DIR, mixed_plan=_plan_path(plan_value),
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
                       batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
+    if sweep is not None:
+        _run_sweep(sweep, cfg, results_dir)
+        render_benchmarks(results_dir, results_dir.parent / "BENCHMARKS.md")
+        return
     outcome = run_bench(cfg)
     rows = results_as_dicts(outcome.results)
     meta = {"environment": environment(), "matmul_peak_gops": outcome.peak_gops, "settings": {"model": str(model_dir), "device": device, "batch": batch,
@@ -50,8 +59,33 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     click.echo(f"\nthis CPU's ONNX Runtime MatMul peak: {outcome.peak_gops.get('fp32', 0):.0f} GOPS fp32, "
                f"{outcome.peak_gops.get('int8', 0):.0f} GOPS int8")
     click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}")
+    click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
     if min_map is not None:
         low = [r["name"] for r in rows if r["status"] == "ok" and (r["map"] or 0.0) < min_map]
         if low:
             click.echo(f"below --min-map {min_map}: {', '.join(low)}", err=True)
             sys.exit(1)
+
+
+def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
+    import numpy as np
+
+    from vggt_deploy.bench import sweep as sw
+    from vggt_deploy.bench.harness import Builds
+    from vggt_deploy.bench.report import atomic_text, environment
+
+    if kind == "batch":
+        from vggt_deploy.model.io import load_model
+
+        builds = Builds(cfg)
+        fp32 = builds.export(None)
+        mixed = builds.export("mixed", cfg.mixed_plan)
+        size = load_model(cfg.model_dir).model.cfg.image_size
+        rows = sw.sweep_batch(fp32, mixed, np.load(fp32.parent / "queries.npy"), size, cfg.threads, cfg.rounds)
+    else:
+        rows = sw.sweep_resolution(cfg.model_dir, cfg.plans_dir, cfg.threads, cfg.rounds)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    atomic_text(results_dir / f"sweep_{kind}.json", json.dumps({"environment": environment(), "rows": rows}, indent=1) + "\n")
+    table = sw.sweep_markdown(kind, rows)
+    atomic_text(results_dir / f"sweep_{kind}.md", table + "\n")
+    click.echo(table)

@@ -1,0 +1,90 @@
+"""Scaling sweeps: how latency and memory grow with batch size and with image tokens.
+
+- batch: the shipped model's FP32 and mixed-plan ONNX at batch 1..16.
+- resolution: the vggt_small architecture at several input sizes (untrained
+  weights: latency does not depend on them), FP32 and uniform int8, so the
+  token count (image_size / 16)^2 is the only thing that changes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from vggt_deploy.backends.ort_runner import OrtRunner
+from vggt_deploy.bench.timing import time_alternating
+
+BATCHES = (1, 2, 4, 8, 16)
+SIZES = (64, 96, 128, 192, 256)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _measure(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, rounds: int) -> dict[str, dict]:
+    runners, mem = {}, {}
+    for name, path in paths.items():
+        before = _rss_mb()
+        runner = OrtRunner(path, name=name, threads=threads).activate()
+        runner.infer(feeds)
+        mem[name] = _rss_mb() - before
+        runners[name] = runner
+    stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()}, warmup=3, rounds=rounds,
+                             batch=len(feeds["images"]))
+    for r in runners.values():
+        r.close()
+    return {n: {"p50_ms": round(s.p50, 3), "ms_per_image": round(s.p50 / len(feeds["images"]), 3),
+                "fps": round(s.fps, 1), "mem_mb": round(mem[n], 1)} for n, s in stats.items()}
+
+
+def sweep_batch(fp32: Path, mixed: Path, queries: np.ndarray, size: int, threads: int, rounds: int = 20) -> list[dict]:
+    rows = []
+    for batch in BATCHES:
+        feeds = {"images": np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32),
+                 "query_embeds": queries}
+        for name, m in _measure({"ort-fp32": fp32, "ort-mixed": mixed}, feeds, threads, rounds).items():
+            rows.append({"batch": batch, "target": name, **m})
+    return rows
+
+
+def sweep_resolution(model_dir: Path, plans_dir: Path, threads: int, rounds: int = 20) -> list[dict]:
+    import torch
+
+    from vggt_deploy.bench.evaluate import query_embeddings
+    from vggt_deploy.data.vocabulary import category_names
+    from vggt_deploy.export.pipeline import export_from_model
+    from vggt_deploy.model.config import VGGTConfig
+    from vggt_deploy.model.io import load_model, save_model
+    from vggt_deploy.model.vggt import create_model
+    from vggt_deploy.quant.plan import load_plan
+
+    base = load_model(model_dir)
+    queries = query_embeddings(base, category_names())
+    plan = load_plan(plans_dir / "int8.yaml")
+    plan = replace(plan, calibration=replace(plan.calibration, num_images=16))  # latency only: ranges barely matter
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vggt-sweep.") as tmp:
+        for size in SIZES:
+            cfg = VGGTConfig.from_dict({**base.model.cfg.to_dict(), "image_size": size})
+            torch.manual_seed(0)
+            folder = save_model(create_model(cfg).eval(), base.tokenizer, Path(tmp) / f"m{size}")
+            out = export_from_model(folder, Path(tmp) / f"e{size}", plan, cache_dir=Path(tmp) / "cache")
+            feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": queries}
+            tokens = (size // cfg.patch_stride) ** 2
+            for name, m in _measure({"ort-fp32": out.fp32, "ort-int8": out.qdq}, feeds, threads, rounds).items():
+                rows.append({"image_size": size, "tokens": tokens, "target": name, **m})
+    return rows
+
+
+def sweep_markdown(kind: str, rows: list[dict]) -> str:
+    key = "batch" if kind == "batch" else "image_size"
+    cols = [key] + (["tokens"] if kind == "resolution" else []) + ["target", "p50_ms", "ms_per_image", "fps", "mem_mb"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
