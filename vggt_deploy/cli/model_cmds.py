@@ -158,3 +158,35 @@ def infer(model_dir, onnx_file, image_path, queries, output) -> None:
     for r in results:
         click.echo(f"{r.query!r}: box {r.box} score {r.score:.3f}")
     click.echo(f"wrote {json_path} and {png_path}")
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--image", "image_path", type=click.Path(path_type=Path), default=None,
+              help="Image to explain (default: the first eval-split scene).")
+@click.option("--query", "-q", "queries", multiple=True, help="Queries (default: the image's referring expressions).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("build/maps/maps.png"),
+              show_default=True)
+def maps(model_dir, image_path, queries, output) -> None:
+    """Grounding maps: each answering token's attention over the image, as captioned heatmaps (PNG)."""
+    from vggt_deploy.bench.maps import grounding_maps, write_maps
+    from vggt_deploy.data.preprocess import read_image
+    from vggt_deploy.model.io import load_model
+
+    loaded = load_model(model_dir)
+    if image_path is None:
+        from vggt_deploy.data.coco import load_coco, synthetic_split
+
+        dataset = load_coco(synthetic_split("eval", 1000))
+        record = dataset.records[0]
+        image = dataset.image(record)
+        queries = queries or tuple(s for s, _ in record.refs)
+    else:
+        image = read_image(image_path)
+    if not queries:
+        raise UserError("give at least one --query for your own image")
+    items = grounding_maps(loaded, image, list(queries))
+    path = write_maps(image, items, output)
+    for item in items:
+        click.echo(f"{item['query']!r}: token {item['token']} (score {item['score']:.2f})")
+    click.echo(f"wrote {path}")

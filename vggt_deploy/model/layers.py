@@ -22,6 +22,7 @@ class Attention(nn.Module):
     """
 
     fused_attn = False  # explicit matmul/softmax by default: exporters and quantizers see every op
+    keep_attention = False  # set on an instance to keep its last attention probabilities (grounding maps)
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
         super().__init__()
@@ -63,7 +64,10 @@ class Attention(nn.Module):
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, T, S)
             if mask is not None:
                 attn = attn + mask
-            out = attn.softmax(dim=-1) @ v  # (B, nh, T, hs)
+            attn = attn.softmax(dim=-1)
+            if self.keep_attention:
+                self.last_attention = attn.detach()
+            out = attn @ v  # (B, nh, T, hs)
         b, _, t, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))
 
