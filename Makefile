@@ -1,4 +1,4 @@
-# Quick start:  make demo   (evaluate the shipped model)   |   make test   (run the test suite)
+# Quick start:  make demo   (export, build and benchmark the shipped model)   |   make test   (the test suite)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,8 +19,12 @@ venv: $(BIN)/vggt-deploy
 test: venv
 	$(BIN)/python -m pytest -q
 
+# The main job on the embedded default model: mixed-precision export, an offline-optimized
+# ONNX Runtime build, and the benchmark table (also written to bench/results and bench/BENCHMARKS.md).
 demo: venv
-	$(BIN)/vggt-deploy eval --model models/vggt_small
+	$(BIN)/vggt-deploy export --model models/vggt_small --plan mixed -o build/demo
+	$(BIN)/vggt-deploy build-ort --onnx build/demo/model.qdq.onnx -o build/demo/model.qdq.opt.onnx
+	$(BIN)/vggt-deploy bench --model models/vggt_small
 
 clean:
 	rm -rf $(VENV) .pytest_cache
