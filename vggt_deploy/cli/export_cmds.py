@@ -87,14 +87,14 @@ def _graph_for(model_dir: Path | None, onnx_file: Path | None):
 
     import torch
 
-    from vggt_deploy.export.onnx_export import _trace, simplify_keeping_scopes
+    from vggt_deploy.export.onnx_export import trace_model, simplify_keeping_scopes
     from vggt_deploy.model.io import load_model
 
     loaded = load_model(model_dir or DEFAULT_MODEL)
     cfg = loaded.model.cfg
     images = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
     queries = torch.zeros(2, cfg.ground_dim)
-    return simplify_keeping_scopes(_trace(loaded.model, images, queries))
+    return simplify_keeping_scopes(trace_model(loaded.model, images, queries))
 
 
 @main.command()

@@ -75,7 +75,8 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _trace(model: torch.nn.Module, images: torch.Tensor, queries: torch.Tensor) -> onnx.ModelProto:
+def trace_model(model: torch.nn.Module, images: torch.Tensor, queries: torch.Tensor) -> onnx.ModelProto:
+    """The dynamo export of the VGGT contract (dynamic batch and query count), unsimplified."""
     batch, num_q = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("num_queries", min=1, max=4096)
     Attention.fused_attn = False  # every op visible to the quantizer
     with warnings.catch_warnings():
@@ -149,7 +150,7 @@ def compare_with_torch(
 def export_model(loaded: LoadedModel, images: np.ndarray, queries: np.ndarray) -> tuple[onnx.ModelProto, ExportCheck]:
     """Trace, simplify, annotate and check; returns the FP32 model and its check."""
     model = loaded.model.eval()
-    traced = _trace(model, torch.from_numpy(images), torch.from_numpy(queries))
+    traced = trace_model(model, torch.from_numpy(images), torch.from_numpy(queries))
     slim = simplify_keeping_scopes(traced)
     set_metadata(slim, model_metadata(loaded))
     try:

@@ -23,7 +23,7 @@ import onnx
 
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
-from vggt_deploy.export.onnx_export import OPSET, export_model, get_metadata, load_onnx, save_onnx, set_metadata
+from vggt_deploy.export.onnx_export import OPSET, export_model, load_onnx, save_onnx, set_metadata
 from vggt_deploy.quant.calibrate import calibration_tensors, write_json_atomic
 from vggt_deploy.quant.plan import QdqPlan
 
@@ -139,7 +139,3 @@ def _save_queries(out_dir: Path, texts: list[str], queries: np.ndarray) -> None:
         np.save(f, queries.astype(np.float32), allow_pickle=False)
     tmp.replace(out_dir / "queries.npy")
     write_json_atomic(out_dir / "queries.json", {"texts": texts})
-
-
-def onnx_metadata(path: Path) -> dict[str, str]:
-    return get_metadata(load_onnx(path))
