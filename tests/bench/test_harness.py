@@ -70,3 +70,25 @@ def test_batch_sweep_grows_latency_and_writes_benchmarks_md(tiny_export, tmp_pat
     (tmp_path / "results" / "sweep_batch.md").write_text(sweep_markdown("batch", rows))
     md = render_benchmarks(tmp_path / "results", tmp_path / "BENCHMARKS.md").read_text()
     assert "## Scaling with batch" in md and "| 16 | ort-fp32 |" in md
+
+
+def test_unknown_targets_and_devices_are_refused_before_work(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--targets", "ort-mixd",
+                                       "--build-dir", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "ort-mixd (did you mean ort-mixed?)" in result.output
+    assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--device", "jetson"])
+    assert result.exit_code == 2 and "jetson" in result.output
+
+
+def test_capability_table_refuses_unsupported_combinations():
+    import pytest
+
+    from vggt_deploy.backends.capabilities import backend_for
+    from vggt_deploy.errors import UserError
+
+    assert backend_for("onnxruntime", "cpu", "int8").suffix == ".onnx"
+    with pytest.raises(UserError, match="tensorrt does not run on cpu"):
+        backend_for("tensorrt", "cpu", "int8")
+    with pytest.raises(UserError, match="torch has no fp16 path"):
+        backend_for("torch", "cpu", "fp16")

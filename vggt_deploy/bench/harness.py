@@ -9,6 +9,7 @@ number of threads and no spinning, so ratios measured in one run are honest.
 
 from __future__ import annotations
 
+import difflib
 import os
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vggt_deploy.backends.base import Runner
+from vggt_deploy.backends.capabilities import backend_for
 from vggt_deploy.backends.ort_runner import OrtRunner
 from vggt_deploy.backends.torch_runner import TorchRunner
 from vggt_deploy.bench.evaluate import evaluate, query_embeddings, runner_infer
@@ -71,8 +73,14 @@ class TargetResult:
 class Target:
     name: str
     description: str
+    backend: str  # a row of the capability table
+    precision: str
     build: Callable[[Builds, BenchConfig], tuple[Runner, Path]]
-    int8: bool = False  # compared against the int8 MatMul peak
+
+    @property
+    def int8(self) -> bool:
+        """Compared against the int8 MatMul peak."""
+        return self.precision != "fp32"
 
 
 class Builds:
@@ -144,13 +152,14 @@ def _ort_quantize_static_default(builds: Builds, cfg: BenchConfig) -> tuple[Runn
 CPU_TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("torch-fp32", "PyTorch eager, float32", _torch(False)),
-        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", _torch(True), True),
-        Target("ort-fp32", "ONNX Runtime CPU, float32", _ort_fp32),
-        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", _ort_plan("int8"), True),
-        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", _ort_plan("mixed"), True),
-        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer",
-               _ort_quantize_static_default, True),
+        Target("torch-fp32", "PyTorch eager, float32", "torch", "fp32", _torch(False)),
+        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", "torch",
+               "int8-dynamic", _torch(True)),
+        Target("ort-fp32", "ONNX Runtime CPU, float32", "onnxruntime", "fp32", _ort_fp32),
+        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", "onnxruntime", "int8", _ort_plan("int8")),
+        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", "onnxruntime", "mixed", _ort_plan("mixed")),
+        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer", "onnxruntime",
+               "int8", _ort_quantize_static_default),
     )
 }
 
@@ -179,7 +188,11 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
     names = cfg.targets or tuple(CPU_TARGETS)
     unknown = [n for n in names if n not in CPU_TARGETS]
     if unknown:
-        raise UserError(f"unknown target(s) {unknown}; known: {', '.join(CPU_TARGETS)}")
+        close = {n: difflib.get_close_matches(n, list(CPU_TARGETS), n=1) for n in unknown}
+        hints = "; ".join(f"{n} (did you mean {c[0]}?)" if c else n for n, c in close.items())
+        raise UserError(f"unknown target(s): {hints}; known: {', '.join(CPU_TARGETS)}")
+    for name in names:  # refuse an impossible combination before any work
+        backend_for(CPU_TARGETS[name].backend, cfg.device, CPU_TARGETS[name].precision)
     torch.set_num_threads(cfg.threads)
     loaded = load_model(cfg.model_dir)
     builds = Builds(cfg)
