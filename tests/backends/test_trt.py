@@ -1,0 +1,132 @@
+"""Everything around TensorRT that can be verified without it; the real build is marked `trt`."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from vggt_deploy.backends.ort_runner import OrtRunner
+from vggt_deploy.backends.trt_rewrite import to_fp16
+from vggt_deploy.backends.trt_settings import BuildOptions, plan_build
+from vggt_deploy.backends.trt_sidecar import check_sidecar, make_sidecar, read_sidecar, write_engine
+from vggt_deploy.cli import main
+from vggt_deploy.errors import UserError
+from vggt_deploy.quant.layers import find_layers
+
+SHAPES = {"images": (None, 3, 128, 128), "query_embeds": (None, 256)}
+PRECISIONS = {"blocks.0.attn.q": "int8", "grounding.0.mlp.fc1": "fp32", "heads.box.mlp.0": "fp16"}
+NODES = {"blocks.0.attn.q": "n_q", "grounding.0.mlp.fc1": "n_fc1", "heads.box.mlp.0": "n_box"}
+
+
+def test_tensorrt_10_uses_flags_and_precision_constraints():
+    s = plan_build(BuildOptions(int8=True, fp16=True, max_batch=4), "10.3.0", SHAPES, PRECISIONS, NODES, has_qdq=True)
+    assert not s.strongly_typed and set(s.flags) == {"FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"}
+    assert s.fp32_layers == ("grounding.0.mlp.fc1",) and s.fp16_nodes == ()
+    assert s.profile["images"] == ((1, 3, 128, 128), (1, 3, 128, 128), (4, 3, 128, 128))
+    assert s.profile["query_embeds"] == ((18, 256),) * 3
+
+
+def test_tensorrt_11_is_strongly_typed_and_rewrites_fp16_into_the_graph():
+    s = plan_build(BuildOptions(int8=True, fp16=True), "11.1.0", SHAPES, PRECISIONS, NODES, has_qdq=True)
+    assert s.strongly_typed and s.flags == ()
+    assert s.fp16_nodes == ("n_box",)  # int8 stays QDQ, fp32 stays fp32
+
+
+@pytest.mark.parametrize("options, version, has_qdq, message", [
+    (BuildOptions(int8=True), "10.3.0", False, "explicitly quantized"),
+    (BuildOptions(dla_core=0), "11.0.0", True, "DLA builds are a TensorRT 10.x"),
+    (BuildOptions(min_batch=4, opt_batch=2), "10.3.0", True, "--min-batch <= --opt-batch"),
+    (BuildOptions(), "8.6.1", True, "too old"),
+])
+def test_impossible_builds_are_refused(options, version, has_qdq, message):
+    with pytest.raises(UserError, match=message):
+        plan_build(options, version, SHAPES, {}, {}, has_qdq)
+
+
+def test_fp16_rewrite_runs_and_stays_close(tiny_export):
+    model = onnx.load(str(tiny_export.fp32))
+    nodes = [l.node for l in find_layers(model) if l.weight and l.op_type == "MatMul"]
+    half = to_fp16(model, nodes)
+    onnx.checker.check_model(half)
+    casts = sum(n.op_type == "Cast" for n in half.graph.node) - sum(n.op_type == "Cast" for n in model.graph.node)
+    assert casts >= 2 * len(nodes)
+    fp16_weights = [t for t in half.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert len(fp16_weights) >= len(nodes)
+    path = tiny_export.fp32.parent / "half.onnx"
+    onnx.save(half, str(path))
+    queries = np.load(tiny_export.fp32.parent / "queries.npy")
+    feeds = {"images": np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32), "query_embeds": queries}
+    with OrtRunner(path) as a, OrtRunner(tiny_export.fp32) as b:
+        diff = np.abs(a.infer(feeds)["logits"] - b.infer(feeds)["logits"]).max()  # (untrained boxes are constant)
+    assert 0 < diff < 5e-3
+
+
+def test_sidecar_round_trip_and_mismatch(tmp_path, tiny_export):
+    engine = tmp_path / "m.engine"
+    sidecar = make_sidecar("10.3.0", "Orin", "8.7", tiny_export.fp32, "abc", {"flags": ["INT8"]})
+    write_engine(engine, b"\x00engine", sidecar)
+    loaded = read_sidecar(engine)
+    check_sidecar(engine, loaded, "10.3.0", "Orin", "8.7")
+    with pytest.raises(UserError) as err:
+        check_sidecar(engine, loaded, "10.7.0", "RTX 4090", "8.9")
+    message = str(err.value)
+    assert "built with TensorRT 10.3.0, running 10.7.0" in message and "compute capability 8.7" in message
+    assert "rebuild it here" in message
+    (tmp_path / "m.engine.json").unlink()
+    with pytest.raises(UserError, match="sidecar missing"):
+        read_sidecar(engine)
+
+
+def test_build_trt_refuses_a_graph_that_breaks_tensorrt_rules(tiny_model_dir, tiny_plan_text, tmp_path):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(tiny_plan_text)
+    runner = CliRunner()
+    assert runner.invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "-o", str(tmp_path / "o")]).exit_code == 0
+    result = runner.invoke(main, ["build-trt", "--int8", "--onnx", str(tmp_path / "o" / "model.qdq.onnx"), "-o", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "breaks TensorRT's rules" in result.output and "zero point type UINT8" in result.output
+
+
+def test_build_trt_without_tensorrt_says_what_to_install(tiny_model_dir, tiny_plan_text, tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here; the missing-TensorRT message cannot be shown")
+    except ImportError:
+        pass
+    plan = tmp_path / "p.yaml"
+    plan.write_text(tiny_plan_text)
+    runner = CliRunner()
+    out = tmp_path / "o"
+    assert runner.invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "--target", "tensorrt",
+                                "-o", str(out)]).exit_code == 0
+    result = runner.invoke(main, ["build-trt", "--int8", "--onnx", str(out / "model.qdq.onnx"), "-o", str(tmp_path / "e")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: TensorRT is not installed")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
+    pytest.importorskip("tensorrt")
+    pytest.importorskip("pycuda")
+    from vggt_deploy.backends.trt_runner import TrtRunner
+
+    plan = tmp_path / "p.yaml"
+    plan.write_text(tiny_plan_text)
+    runner = CliRunner()
+    out = tmp_path / "o"
+    assert runner.invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "--target", "tensorrt",
+                                "-o", str(out)]).exit_code == 0
+    engine = tmp_path / "m.engine"
+    result = runner.invoke(main, ["build-trt", "--int8", "--fp16", "--onnx", str(out / "model.qdq.onnx"), "-o", str(engine),
+                                  "--num-queries", "18"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.engine.json").read_text())["tensorrt"]
+    queries = np.load(out / "queries.npy")
+    with TrtRunner(engine) as trt_runner:
+        boxes = trt_runner.infer({"images": np.zeros((2, 3, 32, 32), np.float32), "query_embeds": queries})["boxes"]
+    assert boxes.shape == (2, 4, 4)

@@ -1,0 +1,104 @@
+"""`vggt-deploy build-trt`: a QDQ/FP32 ONNX model -> a serialized TensorRT engine (+ sidecar).
+
+Thin on purpose: all decisions are made by `trt_settings.plan_build` (pure,
+tested everywhere); this module only calls the TensorRT Python API, following
+NVIDIA's documented 10.x/11.x API: Builder.create_network (STRONGLY_TYPED flag),
+OnnxParser.parse, IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE),
+set_flag(BuilderFlag.*), ILayer.precision, create_optimization_profile /
+IOptimizationProfile.set_shape, create_timing_cache / set_timing_cache,
+default_device_type = DeviceType.DLA with DLA_core, build_serialized_network.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vggt_deploy.backends.trt_settings import BuildOptions, plan_build
+from vggt_deploy.errors import UserError
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise UserError("TensorRT is not installed: `pip install .[trt]` on a machine with NVIDIA's wheels, "
+                        "or use the docker/Dockerfile.gpu or Dockerfile.jetson image") from None
+    return tensorrt
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, compute capability 'major.minor') via pycuda."""
+    try:
+        import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
+        import pycuda.driver as cuda
+    except ImportError:
+        raise UserError("pycuda is not installed: `pip install .[trt]` (needs the CUDA toolkit) or use the Docker image") from None
+    device = cuda.Device(0)
+    major, minor = device.compute_capability()
+    return device.name(), f"{major}.{minor}"
+
+
+def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_cache: Path | None = None) -> dict:
+    """Build and write `engine` and its sidecar; returns the sidecar."""
+
+    from vggt_deploy.backends.trt_rewrite import to_fp16
+    from vggt_deploy.backends.trt_sidecar import make_sidecar, write_engine
+    from vggt_deploy.export.onnx_export import get_metadata, load_onnx
+    from vggt_deploy.quant.layers import find_layers
+    from vggt_deploy.quant.validate import validate_tensorrt
+
+    model = load_onnx(onnx_file)
+    violations = validate_tensorrt(model)
+    if violations:
+        raise UserError(f"{onnx_file}: breaks TensorRT's rules, not building:\n  " + "\n  ".join(violations))
+    trt = import_tensorrt()
+    meta = get_metadata(model)
+    layers = find_layers(model)
+    precisions = json.loads(meta.get("vggt.layer_precisions", "{}"))
+    shapes = {i.name: tuple(d.dim_value or None for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
+    has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    settings = plan_build(options, trt.__version__, shapes, precisions, {l.name: l.node for l in layers}, has_qdq)
+    if settings.fp16_nodes:
+        model = to_fp16(model, settings.fp16_nodes)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(model.SerializeToString()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"{onnx_file}: TensorRT's ONNX parser refused it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    for flag in settings.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if settings.fp32_layers:
+        pinned = {l.node for l in layers if l.name in settings.fp32_layers}
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if any(layer.name.startswith(node) for node in pinned):
+                layer.precision = trt.float32
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in settings.profile.items():
+        profile.set_shape(name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache_blob = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_blob), ignore_mismatch=False)
+    if settings.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings.dla_core
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(f"{onnx_file}: TensorRT could not build an engine (see the log above)")
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    gpu, cc = gpu_identity()
+    sidecar = make_sidecar(trt.__version__, gpu, cc, onnx_file, meta.get("vggt.plan_hash", ""), {
+        "options": options.__dict__, "flags": list(settings.flags), "strongly_typed": settings.strongly_typed,
+        "fp16_nodes": len(settings.fp16_nodes), "fp32_layers": list(settings.fp32_layers),
+        "profile": {k: [list(s) for s in v] for k, v in settings.profile.items()},
+    })
+    write_engine(engine, bytes(serialized), sidecar)
+    return sidecar
