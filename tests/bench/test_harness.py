@@ -78,7 +78,14 @@ def test_unknown_targets_and_devices_are_refused_before_work(tiny_model_dir, tmp
     assert result.exit_code == 2 and "ort-mixd (did you mean ort-mixed?)" in result.output
     assert not (tmp_path / "b").exists()
     result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--device", "jetson"])
-    assert result.exit_code == 2 and "jetson" in result.output
+    assert result.exit_code == 2 and "not a Jetson" in result.output
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model_dir), "--device", "cuda",
+                                           "--build-dir", str(tmp_path / "b2")])
+        assert result.exit_code == 2 and "TensorRT is not installed" in result.output
+        assert not (tmp_path / "b2").exists()
 
 
 def test_capability_table_refuses_unsupported_combinations():
@@ -92,3 +99,15 @@ def test_capability_table_refuses_unsupported_combinations():
         backend_for("tensorrt", "cpu", "int8")
     with pytest.raises(UserError, match="torch has no fp16 path"):
         backend_for("torch", "cpu", "fp16")
+
+
+def test_tegrastats_power_parsing_and_jetson_detection(tmp_path):
+    from vggt_deploy.bench.jetson import is_jetson, parse_power_mw
+
+    orin = "RAM 2305/7620MB (lfb 2x4MB) CPU [1%@729] GR3D_FREQ 0% VDD_IN 4806mW/4806mW VDD_CPU_GPU_CV 1037mW/1037mW"
+    nano = "RAM 1500/3964MB CPU [5%@1479] POM_5V_IN 3500/3400 POM_5V_GPU 0/0"
+    assert parse_power_mw(orin) == 4806.0 and parse_power_mw(nano) == 3500.0
+    assert parse_power_mw("RAM 1/2MB") is None
+    assert not is_jetson(tmp_path / "none", tmp_path / "model")
+    (tmp_path / "model").write_text("NVIDIA Jetson AGX Orin Developer Kit")
+    assert is_jetson(tmp_path / "none", tmp_path / "model")

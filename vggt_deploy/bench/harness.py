@@ -65,6 +65,7 @@ class TargetResult:
     refexp_acc: float | None = None
     top1: float | None = None
     top5: float | None = None
+    energy_mj: float | None = None  # per image, Jetson only (tegrastats board power x latency)
     achieved_gops: float | None = None
     peak_fraction: float | None = None  # of this CPU's int8 (quantized targets) or fp32 MatMul peak
 
@@ -90,13 +91,14 @@ class Builds:
         self.cfg = cfg
         self._exports: dict[str, Path] = {}
 
-    def export(self, plan_name: str | None, plan_path: Path | None = None) -> Path:
+    def export(self, plan_name: str | None, plan_path: Path | None = None, target: str | None = None) -> Path:
+        """The model exported with a shipped plan (None: FP32), in the plan's or `target`'s QDQ flavour."""
         from vggt_deploy.export.pipeline import export_from_model
         from vggt_deploy.quant.plan import load_plan
 
-        key = plan_name or "fp32"
+        key = (plan_name or "fp32") + (f"-{target}" if target else "")
         if key not in self._exports:
-            plan = load_plan(plan_path or self.cfg.plans_dir / f"{plan_name}.yaml") if plan_name else None
+            plan = load_plan(plan_path or self.cfg.plans_dir / f"{plan_name}.yaml", target=target) if plan_name else None
             out = export_from_model(self.cfg.model_dir, self.cfg.build_dir / key, plan)
             self._exports[key] = out.qdq or out.fp32
         return self._exports[key]
@@ -149,6 +151,34 @@ def _ort_quantize_static_default(builds: Builds, cfg: BenchConfig) -> tuple[Runn
     return OrtRunner(out, name="ort-quantize-static", threads=cfg.threads), out
 
 
+def _trt(plan: str | None, int8: bool) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
+    """A TensorRT engine from the FP32 export (fp16) or a TensorRT-flavour QDQ export (int8 + fp16)."""
+
+    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
+        from vggt_deploy.backends.trt_build import build_engine
+        from vggt_deploy.backends.trt_runner import TrtRunner
+        from vggt_deploy.backends.trt_settings import BuildOptions
+
+        onnx_path = builds.export(plan, cfg.mixed_plan if plan == "mixed" else None, target="tensorrt" if plan else None)
+        name = f"trt-{plan or 'fp16'}"
+        engine = cfg.build_dir / name / "model.engine"
+        options = BuildOptions(int8=int8, fp16=True, opt_batch=cfg.batch, max_batch=max(8, cfg.batch))
+        build_engine(onnx_path, engine, options, timing_cache=cfg.build_dir / "timing.cache")
+        return TrtRunner(engine, name=name), engine
+
+    return build
+
+
+GPU_TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("trt-fp16", "TensorRT, fp16", "tensorrt", "fp16", _trt(None, False)),
+        Target("trt-int8", "TensorRT, uniform int8 plan (QDQ) + fp16 elsewhere", "tensorrt", "int8", _trt("int8", True)),
+        Target("trt-mixed", "TensorRT, mixed plan (QDQ) + fp16 elsewhere", "tensorrt", "mixed", _trt("mixed", True)),
+    )
+}
+
+
 CPU_TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -183,20 +213,29 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
     from vggt_deploy.data.vocabulary import category_names
     from vggt_deploy.model.io import load_model
 
-    if cfg.device != "cpu":
-        raise UserError(f"--device {cfg.device}: the TensorRT targets are not available in this build; use --device cpu")
-    names = cfg.targets or tuple(CPU_TARGETS)
-    unknown = [n for n in names if n not in CPU_TARGETS]
+    if cfg.device == "jetson":
+        from vggt_deploy.bench.jetson import require_jetson
+
+        require_jetson()
+    available = {**CPU_TARGETS, **GPU_TARGETS} if cfg.device != "cpu" else CPU_TARGETS
+    default = ("torch-fp32", "ort-fp32", "ort-mixed", *GPU_TARGETS) if cfg.device != "cpu" else tuple(CPU_TARGETS)
+    names = cfg.targets or default
+    unknown = [n for n in names if n not in available]
     if unknown:
-        close = {n: difflib.get_close_matches(n, list(CPU_TARGETS), n=1) for n in unknown}
+        close = {n: difflib.get_close_matches(n, list(available), n=1) for n in unknown}
         hints = "; ".join(f"{n} (did you mean {c[0]}?)" if c else n for n, c in close.items())
-        raise UserError(f"unknown target(s): {hints}; known: {', '.join(CPU_TARGETS)}")
+        raise UserError(f"unknown target(s) for --device {cfg.device}: {hints}; known: {', '.join(available)}")
     for name in names:  # refuse an impossible combination before any work
-        backend_for(CPU_TARGETS[name].backend, cfg.device, CPU_TARGETS[name].precision)
+        target = available[name]
+        backend_for(target.backend, cfg.device if target.backend == "tensorrt" else "cpu", target.precision)
+    if any(available[n].backend == "tensorrt" for n in names):
+        from vggt_deploy.backends.trt_build import import_tensorrt
+
+        import_tensorrt()
     torch.set_num_threads(cfg.threads)
     loaded = load_model(cfg.model_dir)
     builds = Builds(cfg)
-    results = {n: TargetResult(name=n, description=CPU_TARGETS[n].description) for n in names}
+    results = {n: TargetResult(name=n, description=available[n].description) for n in names}
     runners: dict[str, Runner] = {}
     size = loaded.model.cfg.image_size
     queries = query_embeddings(loaded, category_names())
@@ -205,7 +244,7 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
     for name in tqdm(names, desc="building targets", unit="target"):
         res = results[name]
         try:
-            runner, path = CPU_TARGETS[name].build(builds, cfg)
+            runner, path = available[name].build(builds, cfg)
             before = _rss_mb()  # resident memory the loaded model and one inference add
             runner.activate()
             runner.infer(feeds)
@@ -230,10 +269,14 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
         results[name].fps = round(s.fps, 2)
     peak = matmul_peak_gops(threads=cfg.threads) if runners else {}
     for name in runners:
-        ceiling = peak["int8" if CPU_TARGETS[name].int8 else "fp32"]
+        if available[name].backend == "tensorrt":
+            continue  # the CPU MatMul peak is no ceiling for a GPU
+        ceiling = peak["int8" if available[name].int8 else "fp32"]
         achieved, fraction = achieved_fraction(results[name].gflops, results[name].fps, ceiling)
         results[name].achieved_gops = round(achieved, 2) if achieved else None
         results[name].peak_fraction = round(fraction, 4) if fraction else None
+    if cfg.device == "jetson":
+        _energy(runners, feeds, results, cfg.batch)
     dataset = load_coco(synthetic_split("eval", cfg.eval_images))
     for name, runner in runners.items():
         try:
@@ -245,6 +288,22 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
         finally:
             runner.close()
     return BenchOutcome([results[n] for n in names], {k: round(v, 1) for k, v in peak.items()})
+
+
+def _energy(runners: dict[str, Runner], feeds: dict, results: dict[str, TargetResult], batch: int) -> None:
+    """Mean board power while each target runs alone for ~2 s, times its p50 latency, per image."""
+    import time
+
+    from vggt_deploy.bench.jetson import PowerSampler
+
+    for name, runner in runners.items():
+        sampler = PowerSampler().start()
+        end = time.perf_counter() + 2.0
+        while time.perf_counter() < end:
+            runner.infer(feeds)
+        watts = sampler.stop()
+        if watts is not None and results[name].latency_ms:
+            results[name].energy_mj = round(watts * results[name].latency_ms["p50"] / batch, 3)
 
 
 def _reason(exc: Exception) -> str:

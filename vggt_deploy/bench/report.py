@@ -18,7 +18,7 @@ from pathlib import Path
 COLUMNS = [("name", "Target"), ("status", "Status"), ("size_mb", "Size MB"), ("gflops", "GFLOPs"),
            ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Mem MB"),
            ("map", "mAP"), ("map50", "mAP50"), ("refexp_acc", "RefExp"), ("top1", "Top-1"), ("top5", "Top-5"),
-           ("achieved_gops", "GOPS"), ("peak_fraction", "of peak")]
+           ("energy_mj", "mJ/img"), ("achieved_gops", "GOPS"), ("peak_fraction", "of peak")]
 
 
 def environment() -> dict:
@@ -33,6 +33,13 @@ def environment() -> dict:
         env["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "neon", "asimd")))
     except OSError:
         env["cpu"] = platform.processor()
+    try:
+        from vggt_deploy.bench.jetson import board_state, is_jetson
+
+        if is_jetson():
+            env["jetson"] = board_state()
+    except OSError:
+        pass
     for pkg in ("torch", "onnx", "onnxruntime", "numpy", "tensorrt"):
         try:
             env[pkg] = __import__(pkg).__version__
