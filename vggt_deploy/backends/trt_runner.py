@@ -66,6 +66,7 @@ class TrtRunner(Runner):
             host = self.cuda.pagelocked_empty(size, dtype)
             device = self.cuda.mem_alloc(host.nbytes)
             self.buffers[name] = (host, device)
+            self.graphs.clear()  # captured graphs point at the old addresses
         return host, device
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
