@@ -44,6 +44,14 @@ def plot_training_curve(model_dir: Path) -> Path | None:
     return out
 
 
+def _wall_time(model_dir: Path) -> str:
+    log = model_dir / "train_log.jsonl"
+    if not log.is_file():
+        return "not recorded"
+    last = json.loads(log.read_text().splitlines()[-1])
+    return f"{last['elapsed_s'] / 60:.0f} min for {last['step'] + 1} steps on this repository's 2-core CPU machine"
+
+
 def write_model_card(model_dir: str | Path, metrics: dict, eval_command: str) -> Path:
     """Write MODEL_CARD.md for `model_dir` from its files and `metrics` (an eval result)."""
     model_dir = Path(model_dir)
@@ -78,7 +86,9 @@ def write_model_card(model_dir: str | Path, metrics: dict, eval_command: str) ->
         f"- seed {train.get('seed')} (Python, NumPy and torch), {train.get('steps')} steps, batch {train.get('batch_size')}, "
         f"AdamW lr {train.get('lr')}, warm-up {train.get('warmup_steps')}, cosine decay, bf16 autocast {train.get('bf16')}",
         f"- loss weights: {json.dumps(train.get('loss', {}))}",
-        f"- command: `{meta.get('train_command', 'not recorded')}`",
+        f"- command: `{meta.get('train_command', 'not recorded')}` (its output folder's model.safetensors, config.json, "
+        "vocab.json and train_log.jsonl are what this folder holds)",
+        f"- wall time: {_wall_time(model_dir)}",
     ]
     if curve:
         lines += ["", f"![training curve]({CURVE})"]
