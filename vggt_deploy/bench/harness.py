@@ -56,7 +56,7 @@ class TargetResult:
     gflops: float | None = None
     latency_ms: dict = field(default_factory=dict)
     fps: float | None = None
-    mem_mb: float | None = None
+    mem_mb: float | None = None  # peak RSS of a fresh process that loads this target and runs one batch
     map: float | None = None
     map50: float | None = None
     map_small: float | None = None
@@ -194,9 +194,16 @@ CPU_TARGETS: dict[str, Target] = {
 }
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+def _peak_memory(target: Target, runner: Runner, path: Path, cfg: BenchConfig, model_cfg, num_queries: int) -> float | None:
+    """Peak RSS of a fresh process running only this target (CPU backends; None for others)."""
+    from vggt_deploy.bench.memprobe import peak_rss_mb
+
+    if target.backend not in ("torch", "onnxruntime"):
+        return None
+    spec = {"backend": target.backend, "path": str(cfg.model_dir if target.backend == "torch" else path),
+            "dynamic_int8": target.precision == "int8-dynamic", "batch": cfg.batch, "threads": cfg.threads,
+            "image_size": model_cfg.image_size, "ground_dim": model_cfg.ground_dim, "num_queries": num_queries}
+    return peak_rss_mb(spec)
 
 
 @dataclass
@@ -245,10 +252,9 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
         res = results[name]
         try:
             runner, path = available[name].build(builds, cfg)
-            before = _rss_mb()  # resident memory the loaded model and one inference add
             runner.activate()
             runner.infer(feeds)
-            res.mem_mb = round(_rss_mb() - before, 1)
+            res.mem_mb = _peak_memory(available[name], runner, path, cfg, loaded.model.cfg, len(queries))
             res.file = str(path)
             res.size_mb = round(path.stat().st_size / 1e6, 3)
             runners[name] = runner

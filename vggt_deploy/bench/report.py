@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 COLUMNS = [("name", "Target"), ("status", "Status"), ("size_mb", "Size MB"), ("gflops", "GFLOPs"),
-           ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Mem MB"),
+           ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Peak RSS MB"),
            ("map", "mAP"), ("map50", "mAP50"), ("refexp_acc", "RefExp"), ("top1", "Top-1"), ("top5", "Top-5"),
            ("energy_mj", "mJ/img"), ("achieved_gops", "GOPS"), ("peak_fraction", "of peak")]
 
