@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -22,25 +21,25 @@ BATCHES = (1, 2, 4, 8, 16)
 SIZES = (64, 96, 128, 192, 256)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-
-
 def _measure(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, rounds: int) -> dict[str, dict]:
+    """Latency side by side in this process; peak memory of each in a fresh process (memprobe)."""
+    from vggt_deploy.bench.memprobe import peak_rss_mb
+
     runners, mem = {}, {}
+    images, queries = feeds["images"], feeds["query_embeds"]
     for name, path in paths.items():
-        before = _rss_mb()
         runner = OrtRunner(path, name=name, threads=threads).activate()
         runner.infer(feeds)
-        mem[name] = _rss_mb() - before
         runners[name] = runner
+        mem[name] = peak_rss_mb({"backend": "onnxruntime", "path": str(path), "batch": images.shape[0], "threads": threads,
+                                 "image_size": images.shape[-1], "ground_dim": queries.shape[1],
+                                 "num_queries": queries.shape[0]})
     stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()}, warmup=3, rounds=rounds,
                              batch=len(feeds["images"]))
     for r in runners.values():
         r.close()
     return {n: {"p50_ms": round(s.p50, 3), "ms_per_image": round(s.p50 / len(feeds["images"]), 3),
-                "fps": round(s.fps, 1), "mem_mb": round(mem[n], 1)} for n, s in stats.items()}
+                "fps": round(s.fps, 1), "peak_rss_mb": mem[n]} for n, s in stats.items()}
 
 
 def sweep_batch(fp32: Path, mixed: Path, queries: np.ndarray, size: int, threads: int, rounds: int = 20) -> list[dict]:
@@ -84,7 +83,7 @@ def sweep_resolution(model_dir: Path, plans_dir: Path, threads: int, rounds: int
 
 def sweep_markdown(kind: str, rows: list[dict]) -> str:
     key = "batch" if kind == "batch" else "image_size"
-    cols = [key] + (["tokens"] if kind == "resolution" else []) + ["target", "p50_ms", "ms_per_image", "fps", "mem_mb"]
+    cols = [key] + (["tokens"] if kind == "resolution" else []) + ["target", "p50_ms", "ms_per_image", "fps", "peak_rss_mb"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
