@@ -130,3 +130,24 @@ def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
     with TrtRunner(engine) as trt_runner:
         boxes = trt_runner.infer({"images": np.zeros((2, 3, 32, 32), np.float32), "query_embeds": queries})["boxes"]
     assert boxes.shape == (2, 4, 4)
+
+
+def test_a_plan_given_to_build_trt_overrides_the_recorded_precisions(tiny_export):
+    from vggt_deploy.backends.trt_build import layer_precisions
+    from vggt_deploy.quant.plan import parse_plan
+
+    model = onnx.load(str(tiny_export.fp32))
+    plan = parse_plan("version: 1\ntarget: tensorrt\ndefault: {precision: fp16}\nrules:\n  - match: 'heads.*'\n"
+                      "    precision: fp32\n")
+    precisions = layer_precisions(model, plan)
+    assert precisions["heads.cls.fc"] == "fp32" and precisions["blocks.0.attn.q"] == "fp16"
+    assert layer_precisions(model) == {}  # an FP32 export records none
+
+
+def test_infer_with_an_engine_refuses_a_missing_sidecar(tiny_model_dir, tiny_data, tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\x00")
+    image = sorted((tiny_data / "images").iterdir())[0]
+    result = CliRunner().invoke(main, ["infer", "--model", str(tiny_model_dir), "--engine", str(engine),
+                                       "--image", str(image), "-q", "red circle"])
+    assert result.exit_code == 2 and "sidecar missing" in result.output

@@ -39,7 +39,19 @@ def gpu_identity() -> tuple[str, str]:
     return device.name(), f"{major}.{minor}"
 
 
-def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_cache: Path | None = None) -> dict:
+def layer_precisions(model, plan=None) -> dict[str, str]:
+    """Per-layer precision: from `plan` resolved on this graph, else from the export's metadata."""
+    from vggt_deploy.export.onnx_export import get_metadata
+    from vggt_deploy.quant.layers import find_layers
+
+    if plan is not None:
+        names = [layer.name for layer in find_layers(model)]
+        return {name: r.spec.precision for name, r in plan.resolve(names).items()}
+    return json.loads(get_metadata(model).get("vggt.layer_precisions", "{}"))
+
+
+def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_cache: Path | None = None,
+                 plan=None) -> dict:
     """Build and write `engine` and its sidecar; returns the sidecar."""
 
     from vggt_deploy.backends.trt_rewrite import to_fp16
@@ -55,7 +67,7 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     trt = import_tensorrt()
     meta = get_metadata(model)
     layers = find_layers(model)
-    precisions = json.loads(meta.get("vggt.layer_precisions", "{}"))
+    precisions = layer_precisions(model, plan)
     shapes = {i.name: tuple(d.dim_value or None for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
     has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     settings = plan_build(options, trt.__version__, shapes, precisions, {l.name: l.node for l in layers}, has_qdq)
@@ -95,7 +107,8 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     gpu, cc = gpu_identity()
-    sidecar = make_sidecar(trt.__version__, gpu, cc, onnx_file, meta.get("vggt.plan_hash", ""), {
+    plan_hash = plan.plan_hash() if plan is not None else meta.get("vggt.plan_hash", "")
+    sidecar = make_sidecar(trt.__version__, gpu, cc, onnx_file, plan_hash, {
         "options": options.__dict__, "flags": list(settings.flags), "strongly_typed": settings.strongly_typed,
         "fp16_nodes": len(settings.fp16_nodes), "fp32_layers": list(settings.fp32_layers),
         "profile": {k: [list(s) for s in v] for k, v in settings.profile.items()},

@@ -13,6 +13,8 @@ from vggt_deploy.cli.app import main
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=Path("build/export/model.qdq.onnx"),
               show_default=True, help="TensorRT-flavour QDQ ONNX (or FP32 ONNX with --fp16).")
 @click.option("--int8", is_flag=True, help="Build from the QDQ graph (explicit quantization).")
+@click.option("--plan", "plan_value", default=None,
+              help="Plan whose per-layer precisions to apply (default: the ones the QDQ export recorded in its metadata).")
 @click.option("--fp16", is_flag=True, help="FP16 for unquantized layers (builder flag on 10.x, casts in the ONNX on 11.x).")
 @click.option("--workspace", "workspace_mb", type=click.IntRange(16), default=1024, show_default=True, help="Workspace MB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -25,13 +27,17 @@ from vggt_deploy.cli.app import main
 @click.option("--dla-core", type=click.IntRange(0), default=None, help="Jetson DLA core (TensorRT 10.x), GPU fallback on.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("build/model.engine"),
               show_default=True)
-def build_trt(onnx_file, int8, fp16, workspace_mb, timing_cache, min_batch, opt_batch, max_batch, num_queries, dla_core,
+def build_trt(onnx_file, int8, plan_value, fp16, workspace_mb, timing_cache, min_batch, opt_batch, max_batch, num_queries, dla_core,
               output) -> None:
     """Build a TensorRT 10.x/11.x engine; written atomically with a sidecar JSON (versions, GPU, hashes, flags)."""
     from vggt_deploy.backends.trt_build import build_engine
     from vggt_deploy.backends.trt_settings import BuildOptions
+    from vggt_deploy.cli.app import _plan_path
+    from vggt_deploy.quant.plan import load_plan
+
+    plan = load_plan(_plan_path(plan_value), target="tensorrt") if plan_value else None
 
     options = BuildOptions(int8=int8, fp16=fp16, workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch,
                            max_batch=max_batch, num_queries=num_queries, dla_core=dla_core)
-    sidecar = build_engine(onnx_file, output, options, timing_cache)
+    sidecar = build_engine(onnx_file, output, options, timing_cache, plan=plan)
     click.echo(f"wrote {output} (TensorRT {sidecar['tensorrt']}, {sidecar['gpu']}, flags {sidecar['build']['flags']})")

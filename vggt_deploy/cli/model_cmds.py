@@ -132,11 +132,13 @@ if __name__ == "__main__":
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="Model folder (runs in PyTorch; with --onnx it supplies the tokenizer and query encoder).")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Run this ONNX file with ONNX Runtime.")
+@click.option("--engine", "engine_file", type=click.Path(path_type=Path), default=None,
+              help="Run this TensorRT engine (built by build-trt; needs TensorRT and pycuda).")
 @click.option("--image", "image_path", type=click.Path(path_type=Path), required=True)
 @click.option("--query", "-q", "queries", multiple=True, required=True,
               help='A class name or referring expression; repeat for several ("red circle").')
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/infer"), show_default=True)
-def infer(model_dir, onnx_file, image_path, queries, output) -> None:
+def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> None:
     """Ground text queries in one image: boxes and scores as JSON, and an annotated PNG."""
     from vggt_deploy.data.preprocess import read_image
     from vggt_deploy.infer import ground, write_outputs
@@ -144,7 +146,13 @@ def infer(model_dir, onnx_file, image_path, queries, output) -> None:
 
     loaded = load_model(model_dir)
     image = read_image(image_path)
-    if onnx_file is not None:
+    if onnx_file is not None and engine_file is not None:
+        raise UserError("give --onnx or --engine, not both")
+    if engine_file is not None:
+        from vggt_deploy.backends.trt_runner import TrtRunner
+
+        runner = TrtRunner(engine_file, name=engine_file.name)
+    elif onnx_file is not None:
         from vggt_deploy.backends.ort_runner import OrtRunner
 
         runner = OrtRunner(onnx_file, name=onnx_file.name)
