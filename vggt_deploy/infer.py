@@ -7,7 +7,6 @@ any `Runner` (PyTorch model folder or ONNX file).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from vggt_deploy.backends.base import Runner
 from vggt_deploy.data.preprocess import preprocess
+from vggt_deploy.fileio import atomic_write_bytes, atomic_write_text
 from vggt_deploy.model.io import LoadedModel
 from vggt_deploy.postprocess import best_box
 
@@ -62,13 +62,6 @@ def draw(image: np.ndarray, results: list[Grounding]) -> np.ndarray:
 
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, results: list[Grounding]) -> tuple[Path, Path]:
     """<stem>.json and <stem>.png in out_dir, each written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
-    os.replace(tmp, json_path)
-    ok, buf = cv2.imencode(".png", draw(image, results))
-    tmp_png = png_path.with_name(f".{png_path.name}.tmp")
-    tmp_png.write_bytes(buf.tobytes())
-    os.replace(tmp_png, png_path)
-    return json_path, png_path
+    json_path = atomic_write_text(out_dir / f"{stem}.json", json.dumps([asdict(r) for r in results], indent=1) + "\n")
+    _, buf = cv2.imencode(".png", draw(image, results))
+    return json_path, atomic_write_bytes(out_dir / f"{stem}.png", buf.tobytes())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vggt_deploy.backends.ort_session import import_ort, session_options
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import atomic_write_text
 
 LEVELS = ("basic", "extended", "all")
 
@@ -75,8 +76,5 @@ def build_ort(onnx_file: Path, out: Path, level: str = "extended", fmt: str = "o
                     "graph_optimization_level": "disable (already optimized)"},
         "portable": level != "all",
     }
-    side = out.with_name(out.name + ".json")
-    tmp_side = side.with_name(f".{side.name}.tmp")
-    tmp_side.write_text(json.dumps(settings, indent=1) + "\n")
-    os.replace(tmp_side, side)
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(settings, indent=1) + "\n")
     return settings

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import atomic_write_bytes, atomic_write_text
 
 REQUIRED = ("tensorrt", "gpu", "compute_capability", "onnx_sha256", "plan_hash", "build")
 
@@ -31,11 +31,8 @@ def make_sidecar(trt_version: str, gpu: str, compute_capability: str, onnx_file:
 
 def write_engine(engine: Path, blob: bytes, sidecar: dict) -> None:
     """Engine and sidecar, each via a temporary file and rename (sidecar last: its presence marks a complete build)."""
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    for path, data in ((engine, blob), (sidecar_path(engine), (json.dumps(sidecar, indent=1) + "\n").encode())):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    atomic_write_bytes(engine, blob)
+    atomic_write_text(sidecar_path(engine), json.dumps(sidecar, indent=1) + "\n")
 
 
 def read_sidecar(engine: Path) -> dict:

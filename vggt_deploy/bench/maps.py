@@ -9,7 +9,6 @@ interpretability figures.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ import torch
 from vggt_deploy.bench.evaluate import query_embeddings
 from vggt_deploy.boxes import cxcywh_to_xywh
 from vggt_deploy.data.preprocess import preprocess
+from vggt_deploy.fileio import atomic_write_bytes
 from vggt_deploy.model.io import LoadedModel
 
 
@@ -73,9 +73,5 @@ def render(image: np.ndarray, item: dict) -> np.ndarray:
 def write_maps(image: np.ndarray, items: list[dict], path: Path) -> Path:
     """All panels side by side in one PNG (written atomically)."""
     sheet = np.concatenate([render(image, item) for item in items], axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".png", sheet)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, path)
-    return path
+    _, buf = cv2.imencode(".png", sheet)
+    return atomic_write_bytes(path, buf.tobytes())

@@ -15,6 +15,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from vggt_deploy.fileio import atomic_write_text
+
 COLUMNS = [("name", "Target"), ("status", "Status"), ("size_mb", "Size MB"), ("gflops", "GFLOPs"),
            ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Peak RSS MB"),
            ("map", "mAP"), ("map50", "mAP50"), ("refexp_acc", "RefExp"), ("top1", "Top-1"), ("top5", "Top-5"),
@@ -77,24 +79,18 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_reports(rows: list[dict], meta: dict, out_dir: Path, stem: str = "bench") -> dict[str, Path]:
     """bench.json (targets + environment + settings), bench.csv, bench.md and two plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / f"{stem}.json", "csv": out_dir / f"{stem}.csv", "md": out_dir / f"{stem}.md"}
-    atomic_text(paths["json"], json.dumps({**meta, "targets": rows}, indent=1) + "\n")
+    atomic_write_text(paths["json"], json.dumps({**meta, "targets": rows}, indent=1) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[k for k, _ in COLUMNS] + ["reason"], extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow(_flat(row))
-    atomic_text(paths["csv"], buf.getvalue())
-    atomic_text(paths["md"], markdown_table(rows) + "\n")
+    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["md"], markdown_table(rows) + "\n")
     paths.update(_plots(rows, out_dir, stem))
     return paths
 
@@ -166,5 +162,5 @@ def render_benchmarks(results_dir: Path, out_path: Path) -> Path:
         if path.is_file():
             parts += [f"## Scaling with {kind}", "", path.read_text().strip(), "",
                       f"Reproduce: `vggt-deploy bench --sweep {kind}`", ""]
-    atomic_text(out_path, "\n".join(parts) + "\n")
+    atomic_write_text(out_path, "\n".join(parts) + "\n")
     return out_path

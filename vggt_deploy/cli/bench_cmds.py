@@ -73,7 +73,8 @@ def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
 
     from vggt_deploy.bench import sweep as sw
     from vggt_deploy.bench.harness import Builds
-    from vggt_deploy.bench.report import atomic_text, environment
+    from vggt_deploy.bench.report import environment
+    from vggt_deploy.fileio import atomic_write_text
 
     if kind == "batch":
         from vggt_deploy.model.io import load_model
@@ -86,7 +87,7 @@ def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
     else:
         rows = sw.sweep_resolution(cfg.model_dir, cfg.plans_dir, cfg.threads, cfg.rounds)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_text(results_dir / f"sweep_{kind}.json", json.dumps({"environment": environment(), "rows": rows}, indent=1) + "\n")
+    atomic_write_text(results_dir / f"sweep_{kind}.json", json.dumps({"environment": environment(), "rows": rows}, indent=1) + "\n")
     table = sw.sweep_markdown(kind, rows)
-    atomic_text(results_dir / f"sweep_{kind}.md", table + "\n")
+    atomic_write_text(results_dir / f"sweep_{kind}.md", table + "\n")
     click.echo(table)

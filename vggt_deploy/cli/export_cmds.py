@@ -87,7 +87,7 @@ def _graph_for(model_dir: Path | None, onnx_file: Path | None):
 
     import torch
 
-    from vggt_deploy.export.onnx_export import trace_model, simplify_keeping_scopes
+    from vggt_deploy.export.onnx_export import simplify_keeping_scopes, trace_model
     from vggt_deploy.model.io import load_model
 
     loaded = load_model(model_dir or DEFAULT_MODEL)

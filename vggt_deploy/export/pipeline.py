@@ -14,6 +14,7 @@ leaves a half-written output.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import onnx
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
 from vggt_deploy.export.onnx_export import OPSET, export_model, load_onnx, save_onnx, set_metadata
+from vggt_deploy.fileio import atomic_write_bytes
 from vggt_deploy.quant.calibrate import calibration_tensors, write_json_atomic
 from vggt_deploy.quant.plan import QdqPlan
 
@@ -134,8 +136,7 @@ def _quantize(fp32, plan, calib, feeds, image_input, out_dir, cache_dir):
 
 
 def _save_queries(out_dir: Path, texts: list[str], queries: np.ndarray) -> None:
-    tmp = out_dir / ".queries.npy.tmp"
-    with open(tmp, "wb") as f:
-        np.save(f, queries.astype(np.float32), allow_pickle=False)
-    tmp.replace(out_dir / "queries.npy")
+    buf = io.BytesIO()
+    np.save(buf, queries.astype(np.float32), allow_pickle=False)
+    atomic_write_bytes(out_dir / "queries.npy", buf.getvalue())
     write_json_atomic(out_dir / "queries.json", {"texts": texts})

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import atomic_write_text
 from vggt_deploy.model.config import VGGTConfig
 from vggt_deploy.model.query_encoder import WordTokenizer
 from vggt_deploy.model.vggt import VGGT, create_model
@@ -37,15 +38,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from vggt_deploy.data.calib_set import MANIFEST, calibration_files
 from vggt_deploy.data.preprocess import PreprocessConfig, preprocess, read_image
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import atomic_write_text
 from vggt_deploy.quant.plan import CalibrationSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -121,6 +121,4 @@ def cache_path(cache_dir: Path, fp32_bytes: bytes, spec: CalibrationSpec) -> Pat
 
 
 def write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
