@@ -7,6 +7,7 @@ half-written file behind under the real name.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -28,3 +29,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """A matplotlib figure as PNG, rendered in memory then written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -88,6 +88,17 @@ def test_build_trt_refuses_a_graph_that_breaks_tensorrt_rules(tiny_model_dir, ti
     assert result.exit_code == 2 and "breaks TensorRT's rules" in result.output and "zero point type UINT8" in result.output
 
 
+def _export_tensorrt_flavour(model_dir, plan_text, tmp_path):
+    """The TensorRT-flavour QDQ export of the tiny model, in tmp_path/o."""
+    plan = tmp_path / "p.yaml"
+    plan.write_text(plan_text)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["export", "--model", str(model_dir), "--plan", str(plan), "--target", "tensorrt",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def test_build_trt_without_tensorrt_says_what_to_install(tiny_model_dir, tiny_plan_text, tmp_path):
     pytest.importorskip("onnx")
     try:
@@ -96,12 +107,8 @@ def test_build_trt_without_tensorrt_says_what_to_install(tiny_model_dir, tiny_pl
         pytest.skip("TensorRT is installed here; the missing-TensorRT message cannot be shown")
     except ImportError:
         pass
-    plan = tmp_path / "p.yaml"
-    plan.write_text(tiny_plan_text)
     runner = CliRunner()
-    out = tmp_path / "o"
-    assert runner.invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "--target", "tensorrt",
-                                "-o", str(out)]).exit_code == 0
+    out = _export_tensorrt_flavour(tiny_model_dir, tiny_plan_text, tmp_path)
     result = runner.invoke(main, ["build-trt", "--int8", "--onnx", str(out / "model.qdq.onnx"), "-o", str(tmp_path / "e")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("error: TensorRT is not installed")
@@ -115,12 +122,8 @@ def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
     pytest.importorskip("pycuda")
     from vggt_deploy.backends.trt_runner import TrtRunner
 
-    plan = tmp_path / "p.yaml"
-    plan.write_text(tiny_plan_text)
     runner = CliRunner()
-    out = tmp_path / "o"
-    assert runner.invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "--target", "tensorrt",
-                                "-o", str(out)]).exit_code == 0
+    out = _export_tensorrt_flavour(tiny_model_dir, tiny_plan_text, tmp_path)
     engine = tmp_path / "m.engine"
     result = runner.invoke(main, ["build-trt", "--int8", "--fp16", "--onnx", str(out / "model.qdq.onnx"), "-o", str(engine),
                                   "--num-queries", "18"])

@@ -15,7 +15,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.fileio import atomic_save_figure, atomic_write_text
 
 COLUMNS = [("name", "Target"), ("status", "Status"), ("size_mb", "Size MB"), ("gflops", "GFLOPs"),
            ("p50", "p50 ms"), ("p90", "p90 ms"), ("p99", "p99 ms"), ("fps", "FPS"), ("mem_mb", "Peak RSS MB"),
@@ -115,10 +115,8 @@ def _plots(rows: list[dict], out_dir: Path, stem: str) -> dict[str, Path]:
         ax.set_title(f"{key} vs mAP")
         fig.tight_layout()
         path = out_dir / f"{stem}_{key}_vs_map.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
+        atomic_save_figure(fig, path)
         plt.close(fig)
-        os.replace(tmp, path)
         out[f"plot_{key}"] = path
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vggt_deploy.fileio import atomic_save_figure
 from vggt_deploy.model.io import CONFIG, WEIGHTS, atomic_write_text, sha256_file
 
 CARD = "MODEL_CARD.md"
@@ -39,7 +40,7 @@ def plot_training_curve(model_dir: Path) -> Path | None:
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
     out = model_dir / CURVE
-    fig.savefig(out, dpi=100)
+    atomic_save_figure(fig, out)
     plt.close(fig)
     return out
 
