@@ -133,3 +133,11 @@ def vggt_tiny(**overrides) -> VGGTConfig:
 def vggt_small(**overrides) -> VGGTConfig:
     """The shipped default: 6 blocks, width 256, head dim 64, 16 grounding tokens."""
     return VGGTConfig(**{"name": "vggt_small", **overrides})
+
+
+@register_model
+def vggt_ablation(**overrides) -> VGGTConfig:
+    """A 4-block, width-96 model on 64x64 input for ablations that train many short runs (bench/ablations/)."""
+    base = dict(name="vggt_ablation", image_size=64, patch_stride=8, embed_dim=96, depth=4, num_heads=4,
+                grounding_layers=(2, 4), ground_dim=96, query_dim=64)
+    return VGGTConfig(**{**base, **overrides})

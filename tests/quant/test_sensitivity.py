@@ -1,0 +1,117 @@
+"""Sensitivity analysis and the automatic plan on the tiny model (real exports, ORT sessions, pycocotools)."""
+
+import json
+
+import cv2
+import pytest
+from click.testing import CliRunner
+
+from vggt_deploy.cli import main
+from vggt_deploy.errors import UserError
+from vggt_deploy.quant.auto_plan import AutoConfig, auto_plan, choose, predicted_drop
+from vggt_deploy.quant.plan import parse_plan
+from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
+from vggt_deploy.quant.sensitivity_report import write_sensitivity
+from vggt_deploy.quant.units import ATTENTION_UNIT, select_units
+from vggt_deploy.quant.variants import Workbench
+
+BASE = """\
+version: 1
+target: onnxruntime-cpu
+calibration: {method: minmax, images: calib_data, num_images: 6}
+default: {precision: int8, weight_granularity: per-channel, activations: static}
+"""
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_model_dir, tiny_data, tmp_path_factory):
+    return Workbench(tiny_model_dir, parse_plan(BASE, "base.yaml"), tmp_path_factory.mktemp("sens"), data_dir=tiny_data,
+                     cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_units_cover_the_model_and_plans_do_what_they_say(bench):
+    names = [u.name for u in bench.all_units]
+    assert {"patch_embed", "blocks.0", "blocks.1", "grounding.0", "heads", ATTENTION_UNIT} <= set(names)
+    plan = bench.plan({"blocks.1", ATTENTION_UNIT})
+    resolved = plan.resolve(bench.layer_names)
+    for unit in bench.all_units:
+        for layer in unit.layers:
+            spec = resolved[layer].spec
+            if unit.name == ATTENTION_UNIT:
+                assert spec.attention_matmuls and spec.precision == "int8"
+            elif unit.name == "blocks.1":
+                assert spec.precision == "int8"
+            else:
+                assert spec.precision == "fp32", layer
+    # The generated text is an ordinary plan: it parses to the same rules.
+    assert parse_plan(plan.text).rules == plan.rules
+
+
+def test_unknown_unit_is_a_clear_error(bench):
+    with pytest.raises(UserError, match=r"unknown unit 'blocks\.7'.*did you mean"):
+        select_units(bench.all_units, ["blocks.7"])
+
+
+def test_ranking_is_stable_and_damage_is_real(bench, tiny_model_dir, tiny_data, tmp_path):
+    cfg = SensitivityConfig(metric="output-error", images=8, confirm_top=2, latency_rounds=0)
+    first = run_sensitivity(bench, cfg, progress=False)
+    other = Workbench(tiny_model_dir, parse_plan(BASE, "base.yaml"), tmp_path, data_dir=tiny_data,
+                      cache_dir=bench.cache_dir)
+    second = run_sensitivity(other, cfg, progress=False)
+    assert [u["unit"] for u in first["units"]] == [u["unit"] for u in second["units"]]
+    assert [u["score"] for u in first["units"]] == pytest.approx([u["score"] for u in second["units"]], abs=1e-6)
+    # Quantizing any unit with weights moves the outputs; everything quantized moves them most.
+    weighted = [u for u in first["units"] if u["unit"] != ATTENTION_UNIT]
+    assert all(u["damage_only"] > 0 for u in weighted)
+    assert first["scores"]["all"] >= max(u["damage_only"] for u in first["units"])
+    scores = [u["score"] for u in first["units"]]
+    assert scores == sorted(scores, reverse=True)
+    assert first["confirmation"]["top_units_subset_order"] == [u["unit"] for u in first["units"][:2]]
+
+    paths = write_sensitivity(first, tmp_path / "out")
+    table = paths["md"].read_text()
+    assert all(f"| {u['unit']} |" in table for u in first["units"])
+    assert json.loads(paths["json"].read_text())["units"][0]["unit"] == first["units"][0]["unit"]
+    image = cv2.imread(str(paths["png"]))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_choice_respects_the_predicted_budget():
+    rows = {"a": {"damage_only": 0.5, "recovery": 0.4, "latency_saving_ms": 1.0, "size_saving_mb": 1.0},
+            "b": {"damage_only": 0.1, "recovery": 0.1, "latency_saving_ms": 0.5, "size_saving_mb": 3.0},
+            "c": {"damage_only": -0.2, "recovery": 0.0, "latency_saving_ms": 0.2, "size_saving_mb": 0.5}}
+    damage_all = 0.6
+    assert choose(rows, damage_all, 1.0, "latency") == frozenset("abc")
+    assert choose(rows, damage_all, 0.3, "latency") == frozenset("bc")
+    assert predicted_drop(rows, frozenset("bc"), damage_all) == pytest.approx(0.2)
+    assert choose(rows, damage_all, -0.1, "latency") is None
+
+
+def test_auto_plan_meets_a_loose_budget(bench, tmp_path):
+    out = tmp_path / "auto.yaml"
+    cfg = AutoConfig(max_map_drop=0.5, objective="size",
+                     sensitivity=SensitivityConfig(metric="map", images=8, confirm_top=0, latency_rounds=2))
+    summary = auto_plan(bench, cfg, out, progress=False)
+    assert summary["met"] and summary["drop_points"] <= 50.0
+    # Size savings are all positive and the budget is loose: every unit with weights is quantized.
+    assert set(summary["quantized"]) >= {u.name for u in bench.units if u.name != ATTENTION_UNIT}
+    plan = parse_plan(out.read_text(), str(out))
+    plan.resolve(bench.layer_names)
+    assert "Verified on the full eval split" in out.read_text() and "points" in out.read_text()
+
+
+def test_cli_unmeetable_budget_writes_best_plan(tiny_model_dir, tiny_data, tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(BASE)
+    out = tmp_path / "auto.yaml"
+    args = ["plan", "auto", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--plan", str(base),
+            "--images", "8", "--work", str(tmp_path / "work"), "--max-map-drop", "-0.5", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert "budget not met" in result.output and out.is_file()
+    assert "NOT MET" in out.read_text()
+    parse_plan(out.read_text())
+
+    bad = CliRunner().invoke(main, ["sensitivity", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--plan",
+                                    str(base), "--units", "blocks.0,blockz.1", "--work", str(tmp_path / "w2")])
+    assert bad.exit_code == 2 and "unknown unit 'blockz.1'" in bad.output

@@ -1,0 +1,124 @@
+"""`vggt-deploy sensitivity | plan auto`: which layers to keep in higher precision, measured."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vggt_deploy.cli.app import DEFAULT_MODEL, TARGET_CHOICE, _command_line, _plan_path, main
+from vggt_deploy.cli.export_cmds import plan
+
+_COMMON = [
+    click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+                 help="Model folder."),
+    click.option("--plan", "plan_value", default="int8", show_default=True,
+                 help="Base plan (path or shipped name): what a quantized unit becomes."),
+    click.option("--target", type=TARGET_CHOICE, default=None, help="Override the base plan's target (QDQ flavour)."),
+    click.option("--unit", "unit_kind", type=click.Choice(["block", "layer"]), default="block", show_default=True,
+                 help="block: patch embedding, each backbone block, each grounding layer, heads, attention matmuls; "
+                      "layer: every MatMul/Gemm/Conv alone."),
+    click.option("--units", "unit_names", default="",
+                 help="Comma-separated unit names to analyse (others stay as the base plan says)."),
+    click.option("--images", type=click.IntRange(1), default=300, show_default=True,
+                 help="Eval images used to rank units (a subset; the answer is confirmed on the full split)."),
+    click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
+                 help="Size of the full eval split (synthetic) used for confirmation."),
+    click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+                 help="COCO folder to evaluate on instead of the synthetic eval split."),
+    click.option("--work", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
+                 show_default=True, help="Where the FP32 export and variant QDQ files go."),
+]
+
+
+def _common(fn):
+    for option in reversed(_COMMON):
+        fn = option(fn)
+    return fn
+
+
+def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir):
+    from vggt_deploy.quant.plan import load_plan
+    from vggt_deploy.quant.variants import Workbench
+
+    base = load_plan(_plan_path(plan_value), target=target)
+    names = [n.strip() for n in unit_names.split(",") if n.strip()]
+    return Workbench(model_dir, base, work_dir, unit_kind=unit_kind, units=names, data_dir=data_dir,
+                     eval_images=eval_images)
+
+
+@main.command()
+@_common
+@click.option("--metric", type=click.Choice(["map", "output-error"]), default="map", show_default=True,
+              help="map: mAP@[.5:.95] drop in points; output-error: relative L2 of boxes+logits vs FP32, percent.")
+@click.option("--confirm-top", type=click.IntRange(0), default=3, show_default=True,
+              help="Re-score this many top units (and the all-quantized model) on the full eval split.")
+@click.option("--latency-rounds", type=click.IntRange(0), default=20, show_default=True,
+              help="Alternating timed rounds per variant for the latency savings (0: skip).")
+@click.option("--list-units", is_flag=True, help="Print the units of the model and exit.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
+              show_default=True, help="Folder for sensitivity.json, .md and .png.")
+def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, data_dir, work_dir,
+                metric, confirm_top, latency_rounds, list_units, output) -> None:
+    """Rank units by how much quantizing them costs: each alone quantized, and each alone kept float.
+
+    Writes a ranked table (printed, JSON, Markdown) and a bar chart. The
+    calibration range cache is shared with `export`, so no unit recalibrates.
+    """
+    from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
+    from vggt_deploy.quant.sensitivity_report import markdown, write_sensitivity
+
+    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
+    if list_units:
+        for unit in bench.all_units:
+            click.echo(f"{unit.name:32} {len(unit.layers):3d} layers  match: {unit.pattern}")
+        return
+    result = run_sensitivity(bench, SensitivityConfig(metric=metric, images=images, confirm_top=confirm_top,
+                                                      latency_rounds=latency_rounds))
+    result["command"] = _command_line(click.get_current_context())
+    paths = write_sensitivity(result, output)
+    click.echo(markdown(result))
+    click.echo("written: " + ", ".join(str(p) for p in paths.values()))
+
+
+@plan.command("auto")
+@_common
+@click.option("--max-map-drop", type=click.FloatRange(-1.0, 1.0), required=True,
+              help="Largest allowed mAP@[.5:.95] drop on the full eval split (0.003 = 0.3 points).")
+@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
+              help="What the plan minimises within the budget (both measured per unit on this machine).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Plan YAML to write (with each rule's measured drop in comments).")
+def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, data_dir, work_dir,
+              max_map_drop, objective, output) -> None:
+    """Choose the cheapest plan whose mAP drop stays within --max-map-drop, verify it, tighten if missed.
+
+    Exit status 1 (with the best plan found still written) when no plan meets the budget.
+    """
+    from vggt_deploy.fileio import atomic_write_text
+    from vggt_deploy.quant.auto_plan import AutoConfig, auto_plan
+    from vggt_deploy.quant.sensitivity import SensitivityConfig
+    from vggt_deploy.quant.sensitivity_report import write_sensitivity
+
+    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
+    cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,
+                     sensitivity=SensitivityConfig(metric="map", images=images, confirm_top=0))
+    summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()))
+    write_sensitivity(summary["sensitivity"], work_dir)
+    report = {k: v for k, v in summary.items() if k != "sensitivity"}
+    atomic_write_text(output.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    lat = summary["latency_ms"]
+    click.echo(f"plan written to {output} (details: {output.with_suffix('.json')})")
+    click.echo(f"  quantized units: {', '.join(summary['quantized'])}")
+    click.echo(f"  float units: {', '.join(summary['float']) or '-'}")
+    click.echo(f"  full eval split: FP32 mAP {summary['fp32_map']:.4f}, plan {summary['plan_map']:.4f}, "
+               f"drop {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; budget "
+               f"{summary['budget_points'] / 100:.4f})")
+    click.echo(f"  latency (ONNX Runtime CPU, batch 1): FP32 {lat['fp32']:.2f} ms, base plan {lat['base']:.2f} ms, "
+               f"this plan {lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base)")
+    if not summary["met"]:
+        click.echo(f"budget not met: no plan found within a {summary['budget_points'] / 100:.4f} mAP drop; "
+                   f"wrote the best plan found (measured drop {summary['drop_points'] / 100:.4f})", err=True)
+        sys.exit(1)

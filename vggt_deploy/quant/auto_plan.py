@@ -1,0 +1,154 @@
+"""`plan auto`: the cheapest plan whose mAP drop stays within a budget, verified and tightened.
+
+1. Sensitivity analysis (`run_sensitivity`) gives every unit's damage (only
+   it quantized), recovery (only it float) and measured latency and size
+   savings on the target.
+2. Prediction: a set S of quantized units is predicted to lose
+   max(sum of damage_only over S, damage_all - sum of recovery outside S)
+   mAP points, the more pessimistic of the two additive estimates, negative
+   damages counted as zero.
+3. Search: among sets predicted within the budget, the one with the largest
+   saving (latency or size); exhaustive up to 16 units, greedy by saving per
+   point of damage beyond that.
+4. Verification on the full eval split. A miss is tightened: the unit with the
+   largest estimated damage goes back to float and the plan is verified again.
+5. The plan written is an ordinary YAML plan; comments carry every unit's
+   measurements and the verified result.
+
+A budget that no plan meets ends with the best plan found (smallest measured
+drop) written and `met` false.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
+from vggt_deploy.quant.variants import Workbench
+
+OBJECTIVES = ("latency", "size")
+EXHAUSTIVE_UNITS = 16
+MAX_VERIFICATIONS = 5
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """Budget and objective.
+
+    Args:
+        max_map_drop: largest allowed mAP@[.5:.95] drop (0.003 = 0.3 points) on the full eval split.
+        objective: ``latency`` (measured batch-1 latency saving) or ``size`` (file size saving).
+        sensitivity: how the units are measured (metric must be ``map``).
+    """
+
+    max_map_drop: float
+    objective: str = "latency"
+    sensitivity: SensitivityConfig = SensitivityConfig(confirm_top=0)
+
+
+def _unit_damage(row: dict) -> float:
+    return max(row["damage_only"], row["recovery"], 0.0)
+
+
+def predicted_drop(rows: dict[str, dict], quantized: frozenset[str], damage_all: float) -> float:
+    """Predicted drop (points) of quantizing `quantized`: the larger of the two additive estimates."""
+    from_only = sum(max(0.0, rows[u]["damage_only"]) for u in quantized)
+    from_except = damage_all - sum(max(0.0, rows[u]["recovery"]) for u in rows if u not in quantized)
+    return max(from_only, from_except, 0.0)
+
+
+def _saving(rows: dict[str, dict], quantized: frozenset[str], objective: str) -> float:
+    key = "latency_saving_ms" if objective == "latency" else "size_saving_mb"
+    return sum(rows[u][key] or 0.0 for u in quantized)
+
+
+def choose(rows: dict[str, dict], damage_all: float, budget_points: float, objective: str,
+           exclude: frozenset[str] = frozenset()) -> frozenset[str] | None:
+    """The non-empty set with the largest saving predicted within the budget (None if there is none)."""
+    key = "latency_saving_ms" if objective == "latency" else "size_saving_mb"
+    # A unit that saves nothing is never worth its damage.
+    names = [u for u in rows if u not in exclude and (rows[u][key] or 0.0) > 0]
+    best, best_saving = None, -1.0
+    if len(names) <= EXHAUSTIVE_UNITS:
+        for k in range(len(names), 0, -1):
+            for combo in itertools.combinations(names, k):
+                s = frozenset(combo)
+                if predicted_drop(rows, s, damage_all) <= budget_points:
+                    saving = _saving(rows, s, objective)
+                    if saving > best_saving:
+                        best, best_saving = s, saving
+        return best
+    chosen: set[str] = set()
+    for u in sorted(names, key=lambda u: -(rows[u][key] or 0.0) / max(_unit_damage(rows[u]), 1e-3)):
+        if predicted_drop(rows, frozenset(chosen | {u}), damage_all) <= budget_points:
+            chosen.add(u)
+    return frozenset(chosen) or None
+
+
+def auto_plan(bench: Workbench, cfg: AutoConfig, out_path: Path, command: str = "", progress: bool = True) -> dict:
+    """Measure, choose, verify, tighten, and write the plan to `out_path`; returns the summary."""
+    sens = run_sensitivity(bench, cfg.sensitivity, progress=progress)
+    rows = {r["unit"]: r for r in sens["units"]}
+    damage_all = 100.0 * (sens["scores"]["fp32"] - sens["scores"]["all"])
+    budget = 100.0 * cfg.max_map_drop
+    fp32_full = bench.score(bench.build(frozenset()), "map", None)
+    tried: list[dict] = []
+    chosen = choose(rows, damage_all, budget, cfg.objective)
+    if chosen is None:  # nothing is predicted to fit: verify the least damaging single unit anyway
+        chosen = frozenset({min(rows, key=lambda u: (_unit_damage(rows[u]), u))})
+    for _ in range(MAX_VERIFICATIONS):
+        value = bench.score(bench.build(chosen), "map", None)
+        drop = 100.0 * (fp32_full - value)
+        tried.append({"quantized": sorted(chosen), "map": value, "drop_points": drop,
+                      "predicted_points": predicted_drop(rows, chosen, damage_all),
+                      "saving": _saving(rows, chosen, cfg.objective)})
+        if drop <= budget or len(chosen) == 1:
+            break
+        worst = max(chosen, key=lambda u: (_unit_damage(rows[u]), u))
+        chosen = chosen - {worst}
+    within = [t for t in tried if t["drop_points"] <= budget]
+    best = max(within, key=lambda t: t["saving"]) if within else min(tried, key=lambda t: t["drop_points"])
+    final = frozenset(best["quantized"])
+    latency = bench.latency({"fp32": bench.build(frozenset()), "base": bench.build_base(), "auto": bench.build(final)}, rounds=max(cfg.sensitivity.latency_rounds, 30))
+    summary = {
+        "met": bool(within), "budget_points": budget, "objective": cfg.objective, "fp32_map": fp32_full,
+        "plan_map": best["map"], "drop_points": best["drop_points"], "predicted_points": best["predicted_points"],
+        "quantized": best["quantized"], "float": sorted(set(rows) - final), "latency_ms": latency,
+        "size_mb": bench.build(final).stat().st_size / 1e6, "tried": tried, "output": str(out_path),
+        "eval_images": len(bench.dataset.records), "sensitivity": sens,
+    }
+    comments = {u: ("quantized: " if u in final else "kept float: ") + _fmt_unit(r) for u, r in rows.items()}
+    plan = bench.plan(final, comments=comments, header=_header(bench, summary, rows, command))
+    atomic_write_text(out_path, plan.text)
+    return summary
+
+
+def _fmt_unit(row: dict) -> str:
+    lat = "-" if row["latency_saving_ms"] is None else f"{row['latency_saving_ms']:.2f} ms"
+    return (f"drop {row['damage_only']:+.3f} points when only it is int8, recovery {row['recovery']:+.3f} "
+            f"when only it stays float; quantizing saves {lat}, {row['size_saving_mb']:.2f} MB")
+
+
+def _header(bench: Workbench, s: dict, rows: dict[str, dict], command: str) -> str:
+    lat = s["latency_ms"]
+    sens = s["sensitivity"]
+    lines = [
+        f"Written by `{command or 'vggt-deploy plan auto'}`.",
+        f"Base plan {bench.base.source}, target {bench.base.target}; objective: {s['objective']}.",
+        f"Budget: mAP@[.5:.95] drop <= {s['budget_points'] / 100:.4f} ({s['budget_points']:.2f} points): "
+        f"{'MET' if s['met'] else 'NOT MET (best plan found)'}.",
+        f"Verified on the full eval split ({s['eval_images']} images): FP32 mAP {s['fp32_map']:.4f}, "
+        f"this plan {s['plan_map']:.4f}, drop {s['drop_points']:+.3f} points (predicted {s['predicted_points']:.3f}).",
+        f"ONNX Runtime CPU batch-1 median (alternating rounds): FP32 {lat['fp32']:.2f} ms, base plan "
+        f"{lat['base']:.2f} ms, this plan {lat['auto']:.2f} ms; size {s['size_mb']:.1f} MB.",
+        f"Unit measurements ({sens['subset_images']}-image subset, mAP points); float units have a rule below.",
+        "Quantized units (as the base plan says):",
+    ]
+    lines += [f"  {u}: {_fmt_unit(rows[u])}" for u in s["quantized"]]
+    if bench.base.target == "tensorrt":
+        lines.append("Latency costs were measured with ONNX Runtime CPU on the TensorRT-flavour QDQ files "
+                     "(engines are not built per variant); re-rank on the device with `--objective size` if unsure.")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Which units to keep in higher precision: measured, one unit at a time, both ways.
+
+For every unit (see `vggt_deploy.quant.units`) two variants are built from the
+base plan and scored on a subset of the eval split:
+
+- *only*: this unit quantized, every other unit float. Its damage (mAP points
+  lost, or output error) is what quantizing the unit costs on its own;
+- *except*: every unit quantized but this one. The damage it takes away from
+  the all-quantized model (*recovery*) is what keeping the unit float buys.
+
+The two disagree when units interact, so the ranking uses their mean
+(``score``). Each unit's latency and size saving is measured too: batch-1
+ONNX Runtime latency of all variants in alternating rounds (one process,
+non-spinning pools) and file sizes. The top units and the all-quantized model
+are then re-scored on the full eval split to confirm the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vggt_deploy.quant.variants import METRICS, Workbench
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """What to measure.
+
+    Args:
+        metric: ``map`` (mAP@[.5:.95] through pycocotools) or ``output-error``
+            (relative L2 of boxes and logits against FP32, percent; no labels needed).
+        images: eval images for the ranking subset.
+        confirm_top: units re-scored on the full eval split (0: none).
+        latency_rounds: alternating timed rounds per variant (0: skip timing).
+    """
+
+    metric: str = "map"
+    images: int = 300
+    confirm_top: int = 3
+    latency_rounds: int = 20
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}")
+
+
+@dataclass
+class UnitResult:
+    """One unit's measurements (damage in mAP points, or output error in percent)."""
+
+    unit: str
+    layers: int
+    damage_only: float
+    damage_except: float
+    recovery: float
+    score: float
+    latency_saving_ms: float | None
+    size_saving_mb: float
+    full_damage_only: float | None = None
+    full_damage_except: float | None = None
+
+
+def _damage(metric: str, reference: float, value: float) -> float:
+    return 100.0 * (reference - value) if metric == "map" else value - reference
+
+
+def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = True) -> dict:
+    """Measure every unit of `bench`; returns the JSON-ready result (units ranked, most sensitive first)."""
+    names = [u.name for u in bench.units]
+    every = frozenset(names)
+    variants = {"fp32": frozenset(), "all": every}
+    for name in names:
+        variants[f"only:{name}"] = frozenset({name})
+        variants[f"except:{name}"] = every - {name}
+    paths, scores = {}, {}
+    bar = tqdm(variants.items(), desc="sensitivity variants", unit="variant", disable=not progress)
+    for label, quantized in bar:
+        bar.set_postfix_str(label)
+        paths[label] = bench.build(quantized)
+        scores[label] = bench.score(paths[label], cfg.metric, cfg.images)
+    latency = bench.latency(paths, cfg.latency_rounds) if cfg.latency_rounds else {}
+    sizes = {label: path.stat().st_size / 1e6 for label, path in paths.items()}
+    damage = {label: _damage(cfg.metric, scores["fp32"], value) for label, value in scores.items()}
+    rows = []
+    for unit in bench.units:
+        only, exc = f"only:{unit.name}", f"except:{unit.name}"
+        recovery = damage["all"] - damage[exc]
+        lat = (0.5 * ((latency["fp32"] - latency[only]) + (latency[exc] - latency["all"])) if latency else None)
+        size = 0.5 * ((sizes["fp32"] - sizes[only]) + (sizes[exc] - sizes["all"]))
+        rows.append(UnitResult(unit.name, len(unit.layers), damage[only], damage[exc], recovery,
+                               0.5 * (damage[only] + recovery), lat, size))
+    rows.sort(key=lambda r: (-r.score, r.unit))
+    confirmation = _confirm(bench, cfg, rows, variants, paths, progress) if cfg.confirm_top else None
+    return {
+        "config": asdict(cfg),
+        "unit_kind": bench.unit_kind,
+        "base_plan": bench.base.source,
+        "target": bench.base.target,
+        "damage_unit": "mAP points" if cfg.metric == "map" else "output error %",
+        "subset_images": min(cfg.images, len(bench.dataset.records)),
+        "scores": scores,
+        "latency_ms": latency,
+        "size_mb": sizes,
+        "units": [asdict(r) for r in rows],
+        "confirmation": confirmation,
+    }
+
+
+def _confirm(bench: Workbench, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict, paths: dict,
+             progress: bool) -> dict:
+    """Re-score the all-quantized model and the top units on the full eval split."""
+    top = rows[: cfg.confirm_top]
+    labels = ["fp32", "all"] + [f"{kind}:{r.unit}" for r in top for kind in ("only", "except")]
+    full = {}
+    for label in tqdm(labels, desc="confirming on the full eval split", unit="variant", disable=not progress):
+        full[label] = bench.score(paths[label], cfg.metric, None)
+    damage = {label: _damage(cfg.metric, full["fp32"], value) for label, value in full.items()}
+    for r in top:
+        r.full_damage_only = damage[f"only:{r.unit}"]
+        r.full_damage_except = damage[f"except:{r.unit}"]
+    full_scores = {r.unit: 0.5 * (r.full_damage_only + damage["all"] - r.full_damage_except) for r in top}
+    order_full = sorted(full_scores, key=lambda u: -full_scores[u])
+    return {
+        "images": len(bench.dataset.records),
+        "scores": full,
+        "damage_all": damage["all"],
+        "top_units_subset_order": [r.unit for r in top],
+        "top_units_full_order": order_full,
+        "same_most_sensitive": bool(top) and order_full[0] == top[0].unit,
+    }

@@ -1,0 +1,74 @@
+"""Sensitivity results as files: JSON, a ranked Markdown table and a bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vggt_deploy.fileio import atomic_save_figure, atomic_write_text
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """The ranked table, most sensitive unit first, with a note on how it was measured."""
+    unit = result["damage_unit"]
+    lines = [f"| rank | unit | layers | only this unit quantized ({unit}) | all but this unit ({unit}) | "
+             f"recovery ({unit}) | score | full split: only / all-but | latency saving ms | size saving MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(result["units"], 1):
+        full = (f"{_num(r['full_damage_only'])} / {_num(r['full_damage_except'])}"
+                if r["full_damage_only"] is not None else "-")
+        lat = "-" if r["latency_saving_ms"] is None else f"{r['latency_saving_ms']:.2f}"
+        lines.append(f"| {i} | {r['unit']} | {r['layers']} | {_num(r['damage_only'])} | {_num(r['damage_except'])} | "
+                     f"{_num(r['recovery'])} | {_num(r['score'])} | {full} | {lat} | {r['size_saving_mb']:.2f} |")
+    all_damage = 100 * (result["scores"]["fp32"] - result["scores"]["all"]) if result["config"]["metric"] == "map" \
+        else result["scores"]["all"]
+    notes = [f"Base plan {result['base_plan']} (target {result['target']}), {result['unit_kind']} units, "
+             f"metric {result['config']['metric']} on the first {result['subset_images']} eval images; "
+             f"everything quantized: {all_damage:+.3f} {unit}."]
+    conf = result.get("confirmation")
+    if conf:
+        notes.append(f"Full eval split ({conf['images']} images): everything quantized {conf['damage_all']:+.3f} {unit}; "
+                     f"top units by subset {conf['top_units_subset_order']}, by full split {conf['top_units_full_order']} "
+                     f"(same most sensitive unit: {'yes' if conf['same_most_sensitive'] else 'no'}).")
+    notes.append("score = mean of the damage when only this unit is quantized and the recovery when only it stays "
+                 "float; savings are what quantizing the unit saves (ONNX Runtime CPU, batch 1, alternating rounds).")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Horizontal bars: damage of only-this-unit and recovery of all-but-this-unit, per unit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    units = result["units"][::-1]
+    y = np.arange(len(units))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(units) + 1.6))
+    ax.barh(y + 0.2, [u["damage_only"] for u in units], height=0.4, label="only this unit quantized")
+    ax.barh(y - 0.2, [u["recovery"] for u in units], height=0.4, label="recovered by keeping it float")
+    ax.set_yticks(y, [u["unit"] for u in units], fontsize=8)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_xlabel(result["damage_unit"])
+    ax.set_title(f"sensitivity ({result['config']['metric']}, {result['subset_images']} images)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    atomic_save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_sensitivity(result: dict, out_dir: Path) -> dict[str, Path]:
+    """sensitivity.json, sensitivity.md and sensitivity.png in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "sensitivity.json", "md": out_dir / "sensitivity.md", "png": out_dir / "sensitivity.png"}
+    atomic_write_text(paths["json"], json.dumps(result, indent=1) + "\n")
+    atomic_write_text(paths["md"], markdown(result))
+    plot(result, paths["png"])
+    return paths

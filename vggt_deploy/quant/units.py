@@ -1,0 +1,155 @@
+"""Units of a model for sensitivity analysis, and plans that quantize a chosen set of them.
+
+A *unit* is a group of quantizable layers that is kept in float or quantized
+as a whole:
+
+- ``block`` units: the patch embedding, each backbone block (``blocks.3``),
+  each grounding cross-attention layer (``grounding.1``), the heads, the
+  grounding-token initialisation, and ``attention_matmuls`` (every Q·Kᵀ and
+  attention·V matmul in the model, which plans leave float unless
+  ``attention_matmuls: true``);
+- ``layer`` units: every MatMul/Gemm/Conv on its own (``blocks.3.attn.q``).
+
+`unit_plan` turns "these units quantized, the rest float" into an ordinary
+`QdqPlan` (YAML text included), so every variant the analysis measures is a
+plan a user could have written, and the automatic plan is written the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from dataclasses import dataclass
+
+import yaml
+
+from vggt_deploy.errors import UserError
+from vggt_deploy.quant.layers import Layer
+from vggt_deploy.quant.plan import QdqPlan, Rule, parse_plan
+
+UNIT_KINDS = ("block", "layer")
+ATTENTION_UNIT = "attention_matmuls"
+ATTENTION_PATTERN = r"re:.*\.(qk|av)$"
+_STAGED = ("blocks", "grounding")  # module lists whose index is part of the unit name
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A named group of layers and the plan pattern that selects exactly them."""
+
+    name: str
+    layers: tuple[str, ...]
+    pattern: str
+    attention: bool = False  # made of activation-only attention matmuls
+
+
+def _block_of(layer: Layer) -> str:
+    parts = layer.name.split("#")[0].split(".")
+    if parts[0] in _STAGED and len(parts) > 1:
+        return ".".join(parts[:2])
+    return parts[0]
+
+
+def model_units(layers: list[Layer], kind: str) -> list[Unit]:
+    """All units of `kind` in graph order of their first layer."""
+    if kind not in UNIT_KINDS:
+        raise UserError(f"unknown unit kind {kind!r}; use one of {', '.join(UNIT_KINDS)}")
+    if kind == "layer":
+        return [Unit(l.name, (l.name,), _exact(l.name), attention=l.is_attention_matmul) for l in layers]
+    groups: dict[str, list[str]] = {}
+    for layer in layers:
+        key = ATTENTION_UNIT if layer.is_attention_matmul else _block_of(layer)
+        groups.setdefault(key, []).append(layer.name)
+    return [Unit(name, tuple(names), ATTENTION_PATTERN if name == ATTENTION_UNIT else f"{name}.*",
+                 attention=name == ATTENTION_UNIT) for name, names in groups.items()]
+
+
+def _exact(name: str) -> str:
+    """A pattern that matches only `name` (a glob when it has no glob characters)."""
+    return name if not any(c in name for c in "*?[]") else "re:" + re.escape(name)
+
+
+def select_units(units: list[Unit], names: list[str]) -> list[Unit]:
+    """The units called `names`, in model order; an unknown name is an error with suggestions."""
+    by_name = {u.name: u for u in units}
+    for name in names:
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=3, cutoff=0.4)
+            hint = f"did you mean: {', '.join(close)}?" if close else f"units are: {', '.join(list(by_name)[:12])}"
+            raise UserError(f"unknown unit {name!r}; {hint} (list them with `vggt-deploy sensitivity --list-units`)")
+    wanted = set(names)
+    return [u for u in units if u.name in wanted]
+
+
+def quantizable_units(units: list[Unit], layers: list[Layer], base: QdqPlan) -> list[Unit]:
+    """Units the base plan quantizes at least partly; attention units always qualify (they set their own spec)."""
+    resolved = base.resolve([l.name for l in layers])
+    weighted = {l.name for l in layers if l.weight is not None}
+    return [u for u in units if u.attention or any(n in weighted and resolved[n].spec.quantized for n in u.layers)]
+
+
+def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names: list[str],
+              comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
+    """A plan equal to `base` on the `quantized` units, float on every other unit.
+
+    Rules, first match wins: attention units that are quantized (int8, static,
+    attention_matmuls on), then one fp32 rule per float unit, then the base
+    plan's rules that still decide some layer. `comments[unit]` is written
+    above that unit's rule.
+    """
+    comments = comments or {}
+    rules: list[tuple[str, dict, str]] = []
+    for unit in units:
+        if unit.attention and unit.name in quantized:
+            rules.append((unit.pattern, {"precision": "int8", "activations": "static", "attention_matmuls": True},
+                          comments.get(unit.name, "")))
+    for unit in units:
+        if unit.name not in quantized:
+            rules.append((unit.pattern, {"precision": "fp32"}, comments.get(unit.name, "")))
+    generated = [Rule(p, o, 0) for p, o, _ in rules]
+    deciding = set()
+    for name in layer_names:
+        if any(r.matches(name) for r in generated):
+            continue
+        for i, rule in enumerate(base.rules):
+            if rule.matches(name):
+                deciding.add(i)
+                break
+    for i, rule in enumerate(base.rules):
+        if i in deciding:
+            rules.append((rule.match, dict(rule.overrides), f"from {base.source}"))
+    text = _render(base, rules, header)
+    return parse_plan(text, source=f"<plan: {len(quantized)} of {len(units)} units quantized>")
+
+
+def _flow(obj: object) -> str:
+    if isinstance(obj, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", obj) and obj not in ("true", "false", "null", "off", "on", "yes", "no"):
+        return obj
+    if not isinstance(obj, dict):
+        return json.dumps(obj)  # a JSON scalar is a YAML scalar
+    return yaml.safe_dump(obj, default_flow_style=True, sort_keys=False, width=1000).strip()
+
+
+def _render(base: QdqPlan, rules: list[tuple[str, dict, str]], header: str) -> str:
+    calibration = dataclasses.asdict(base.calibration)
+    calibration["input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in calibration["input"].items()}
+    if calibration["input"] == _default_input():
+        del calibration["input"]
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines += ["version: 1", f"target: {base.target}", f"calibration: {_flow(calibration)}",
+              f"default: {_flow(dataclasses.asdict(base.default))}"]
+    lines.append("rules:" if rules else "rules: []")
+    for pattern, overrides, comment in rules:
+        for line in comment.splitlines():
+            lines.append(f"  # {line}")
+        lines.append(f"  - match: {_flow(pattern)}")
+        lines += [f"    {key}: {_flow(value)}" for key, value in overrides.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _default_input() -> dict:
+    from vggt_deploy.quant.plan import InputSpec
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(InputSpec()).items()}

@@ -1,0 +1,166 @@
+"""A workbench for measuring plan variants of one model: build, score, time.
+
+Sensitivity analysis and the automatic plan both need the same things: one
+FP32 export, the calibration inputs (loaded once; the range cache is shared by
+every variant), the eval split, and for any set of quantized units a QDQ model
+that is scored with the real evaluation (pycocotools mAP) or by how far its
+outputs move from FP32, and timed side by side with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from vggt_deploy.errors import UserError
+from vggt_deploy.quant.plan import QdqPlan
+from vggt_deploy.quant.units import model_units, quantizable_units, select_units, unit_plan
+
+METRICS = ("map", "output-error")
+
+
+class Workbench:
+    """FP32 export + calibration + eval data of one model, and a cache of built variants.
+
+    Args:
+        model_dir: a model folder (safetensors + config).
+        base: the plan whose per-layer choices a quantized unit takes.
+        work_dir: where the FP32 export and the variant QDQ files go.
+        unit_kind: ``block`` or ``layer`` (see `vggt_deploy.quant.units`).
+        units: restrict the analysis to these unit names (empty: all quantizable units).
+        data_dir: COCO folder to evaluate on (default: the synthetic eval split).
+        eval_images: size of the eval split when it is generated.
+        cache_dir: calibration range cache (default: the user cache).
+    """
+
+    def __init__(self, model_dir: Path, base: QdqPlan, work_dir: Path, unit_kind: str = "block",
+                 units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
+                 cache_dir: Path | None = None) -> None:
+        from vggt_deploy.data.coco import load_coco, synthetic_split
+        from vggt_deploy.export.pipeline import _calib_root, _default_cache, export_from_model
+        from vggt_deploy.model.io import load_model
+        from vggt_deploy.quant.calibrate import calibration_tensors
+        from vggt_deploy.quant.layers import find_layers
+
+        self.base, self.work_dir, self.unit_kind = base, Path(work_dir), unit_kind
+        self.cache_dir = cache_dir or _default_cache()
+        self.loaded = load_model(model_dir)
+        exported = export_from_model(Path(model_dir), self.work_dir / "fp32")
+        self.fp32_path = exported.fp32
+        self.fp32 = onnx.load(str(self.fp32_path))
+        self.queries = np.load(self.fp32_path.parent / "queries.npy")
+        self.layers = find_layers(self.fp32)
+        all_units = model_units(self.layers, unit_kind)
+        self.all_units = quantizable_units(all_units, self.layers, base)
+        if not self.all_units:
+            raise UserError(f"{base.source}: the base plan quantizes no layer, so there is nothing to analyse")
+        self.units = select_units(self.all_units, list(units)) if units else self.all_units
+        pp = self.loaded.model.cfg.preprocess
+        self.calib = calibration_tensors(base.calibration, pp, _calib_root(base.calibration.images))
+        self.dataset = load_coco(data_dir or synthetic_split("eval", eval_images))
+        self._built: dict[frozenset[str], Path] = {}
+        self._reference: dict[int, list[np.ndarray]] = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    def plan(self, quantized: Iterable[str], comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
+        """The plan with `quantized` units as in the base plan and every other analysed unit in float.
+
+        Units outside the analysis (when `units` was restricted) stay quantized as the base plan says.
+        """
+        chosen = set(quantized) | {u.name for u in self.all_units if u not in self.units}
+        return unit_plan(self.base, self.all_units, chosen, self.layer_names, comments, header)
+
+    def build(self, quantized: Iterable[str]) -> Path:
+        """The QDQ file of a variant (built once; the calibration ranges come from the shared cache)."""
+        from vggt_deploy.export.onnx_export import save_onnx
+        from vggt_deploy.quant.qdq import quantize
+
+        key = frozenset(quantized)
+        if key not in self._built:
+            if not key:
+                self._built[key] = self.fp32_path
+            else:
+                result = quantize(self.fp32, self.plan(key), self.calib, {"query_embeds": self.queries}, "images",
+                                  self.cache_dir)
+                self._built[key] = save_onnx(result.model, self.work_dir / "variants" / f"v{len(self._built):03d}.onnx")
+        return self._built[key]
+
+    def build_base(self) -> Path:
+        """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
+        from vggt_deploy.export.onnx_export import save_onnx
+        from vggt_deploy.quant.qdq import quantize
+
+        path = self.work_dir / "variants" / "base.onnx"
+        if path not in self._built.values():
+            result = quantize(self.fp32, self.base, self.calib, {"query_embeds": self.queries}, "images", self.cache_dir)
+            self._built[frozenset({"<base plan>"})] = save_onnx(result.model, path)
+        return path
+
+    def evaluate(self, path: Path, limit: int | None) -> dict:
+        """Grounding metrics of an ONNX file on the first `limit` eval images (all when None)."""
+        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.bench.evaluate import evaluate, runner_infer
+
+        with OrtRunner(path, name=path.stem) as runner:
+            metrics = evaluate(self.loaded, self.dataset, infer=runner_infer(runner), batch_size=32, limit=limit,
+                               progress=False)
+        metrics.pop("detections")
+        return metrics
+
+    def output_error(self, path: Path, limit: int) -> float:
+        """Relative L2 error (percent) of boxes and logits against FP32, averaged over both outputs."""
+        ref = self._outputs(self.fp32_path, limit)
+        out = self._outputs(path, limit)
+        errors = [np.linalg.norm(o - r) / max(np.linalg.norm(r), 1e-12) for o, r in zip(out, ref)]
+        return 100.0 * float(np.mean(errors))
+
+    def _outputs(self, path: Path, limit: int) -> list[np.ndarray]:
+        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.data.preprocess import preprocess
+
+        if path == self.fp32_path and limit in self._reference:
+            return self._reference[limit]
+        pp = self.loaded.model.cfg.preprocess
+        records = self.dataset.records[:limit]
+        images = np.stack([preprocess(self.dataset.image(r), pp) for r in records])
+        boxes, logits = [], []
+        with OrtRunner(path, name=path.stem) as runner:
+            for start in range(0, len(images), 32):
+                out = runner.infer({"images": images[start : start + 32], "query_embeds": self.queries})
+                boxes.append(out["boxes"])
+                logits.append(out["logits"])
+        result = [np.concatenate(boxes), np.concatenate(logits)]
+        if path == self.fp32_path:
+            self._reference[limit] = result
+        return result
+
+    def score(self, path: Path, metric: str, limit: int | None) -> float:
+        """The metric's value: mAP@[.5:.95], or the output error in percent."""
+        if metric == "map":
+            return float(self.evaluate(path, limit)["map"])
+        return self.output_error(path, limit or len(self.dataset.records))
+
+    def latency(self, paths: dict[str, Path], rounds: int = 20) -> dict[str, float]:
+        """Median batch-1 latency (ms) of each file, timed in alternating rounds in one process."""
+        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.bench.timing import time_alternating
+
+        size = self.loaded.model.cfg.image_size
+        feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": self.queries}
+        runners = {}
+        try:
+            for label, path in paths.items():
+                runners[label] = OrtRunner(path, name=label).activate()
+            calls = {label: (lambda r=r: r.infer(feeds)) for label, r in runners.items()}
+            stats = time_alternating(calls, warmup=3, rounds=rounds)
+        finally:
+            for r in runners.values():
+                r.close()
+        return {label: s.p50 for label, s in stats.items()}
+
