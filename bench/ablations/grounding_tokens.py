@@ -21,7 +21,6 @@ import itertools
 from pathlib import Path
 
 import torch
-
 from common import ROOT, eval_variants, mean_std, write_table
 
 COUNTS = (4, 9, 16)

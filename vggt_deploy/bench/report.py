@@ -160,5 +160,33 @@ def render_benchmarks(results_dir: Path, out_path: Path) -> Path:
         if path.is_file():
             parts += [f"## Scaling with {kind}", "", path.read_text().strip(), "",
                       f"Reproduce: `vggt-deploy bench --sweep {kind}`", ""]
+    parts += _analysis_sections(results_dir)
     atomic_write_text(out_path, "\n".join(parts) + "\n")
     return out_path
+
+
+# (file stem, heading, reproduce command); a section appears when its Markdown file exists.
+ANALYSIS_SECTIONS = [
+    ("sensitivity", "## Sensitivity: which units to keep in higher precision", "vggt-deploy sensitivity"),
+    ("auto_plan", "## Automatic plan under an accuracy budget", "vggt-deploy plan auto --max-map-drop 0.003 -o PLAN"),
+    ("ablation_granularity", "## Ablation (a): weight granularity per stage", "python bench/ablations/granularity.py"),
+    ("ablation_calibration", "## Ablation (b): calibration method and number of images",
+     "python bench/ablations/calibration.py"),
+    ("ablation_grounding", "## Ablation (c, d): number and placement of grounding tokens, 3 seeds",
+     "python bench/ablations/grounding_tokens.py train && python bench/ablations/grounding_tokens.py report"),
+    ("limitations_size", "## Limitation: small objects", "python bench/ablations/limitations.py"),
+    ("limitations_domain", "## Limitation: domain shift and recalibration", "python bench/ablations/limitations.py"),
+]
+
+
+def _analysis_sections(results_dir: Path) -> list[str]:
+    parts = []
+    for stem, heading, command in ANALYSIS_SECTIONS:
+        md = results_dir / f"{stem}.md"
+        if not md.is_file():
+            continue
+        parts += [heading, "", md.read_text().strip(), ""]
+        if (results_dir / f"{stem}.png").is_file():
+            parts += [f"![{stem}](results/{stem}.png)", ""]
+        parts += [f"Reproduce: `{command}`", ""]
+    return parts

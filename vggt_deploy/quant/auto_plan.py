@@ -22,7 +22,7 @@ drop) written and `met` false.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggt_deploy.fileio import atomic_write_text
@@ -46,7 +46,7 @@ class AutoConfig:
 
     max_map_drop: float
     objective: str = "latency"
-    sensitivity: SensitivityConfig = SensitivityConfig(confirm_top=0)
+    sensitivity: SensitivityConfig = field(default_factory=lambda: SensitivityConfig(confirm_top=0))
 
 
 def _unit_damage(row: dict) -> float:

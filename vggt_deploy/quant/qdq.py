@@ -17,7 +17,9 @@ accurate on ORT; TensorRT fuses QDQ on inputs).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,19 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
             model.graph.node.remove(n)
 
 
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """Silence onnxruntime.quantization's advice to run its pre-processing (logged on every call through
+    the root logger): the exported graph is already shape-inferred and simplified."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize(
     fp32: onnx.ModelProto,
     plan: QdqPlan,
@@ -144,7 +159,7 @@ def quantize(
     ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration)
     cache_hit = ranges_file.is_file()
     model = fp32
-    with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp, _quiet_quantizer():
         if static:
             if calib_images is None and not cache_hit:
                 raise UserError("static activations need calibration images (plan calibration.images)")
@@ -166,7 +181,8 @@ def quantize(
                 "TensorQuantOverrides": overrides,
                 **calib_opts,
             }
-            reader = TensorReader(calib_images, image_input, extra_feeds) if calib_images is not None else None
+            # On a cache hit the ranges are read from the cache: no reader (and no idle progress bar).
+            reader = TensorReader(calib_images, image_input, extra_feeds) if not cache_hit else None
             out = Path(tmp) / "static.onnx"
             source = onnx.ModelProto()
             source.CopyFrom(fp32)  # quantize_static rewrites its input to external data in place

@@ -18,7 +18,6 @@ are then re-scored on the full eval split to confirm the answer.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from tqdm import tqdm
 
