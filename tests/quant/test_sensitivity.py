@@ -74,6 +74,11 @@ def test_ranking_is_stable_and_damage_is_real(bench, tiny_model_dir, tiny_data, 
     assert json.loads(paths["json"].read_text())["units"][0]["unit"] == first["units"][0]["unit"]
     image = cv2.imread(str(paths["png"]))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    # BENCHMARKS.md picks the table and chart up from the results folder.
+    from vggt_deploy.bench.report import render_benchmarks
+
+    md = render_benchmarks(tmp_path / "out", tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Sensitivity" in md and "results/sensitivity.png" in md and f"| {first['units'][0]['unit']} |" in md
 
 
 def test_choice_respects_the_predicted_budget():

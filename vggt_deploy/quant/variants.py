@@ -9,6 +9,7 @@ outputs move from FP32, and timed side by side with the others.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,10 +40,8 @@ class Workbench:
     def __init__(self, model_dir: Path, base: QdqPlan, work_dir: Path, unit_kind: str = "block",
                  units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
                  cache_dir: Path | None = None) -> None:
-        from vggt_deploy.data.coco import load_coco, synthetic_split
-        from vggt_deploy.export.pipeline import _calib_root, _default_cache, export_from_model
+        from vggt_deploy.export.pipeline import _default_cache, export_from_model
         from vggt_deploy.model.io import load_model
-        from vggt_deploy.quant.calibrate import calibration_tensors
         from vggt_deploy.quant.layers import find_layers
 
         self.base, self.work_dir, self.unit_kind = base, Path(work_dir), unit_kind
@@ -58,11 +57,32 @@ class Workbench:
         if not self.all_units:
             raise UserError(f"{base.source}: the base plan quantizes no layer, so there is nothing to analyse")
         self.units = select_units(self.all_units, list(units)) if units else self.all_units
-        pp = self.loaded.model.cfg.preprocess
-        self.calib = calibration_tensors(base.calibration, pp, _calib_root(base.calibration.images))
-        self.dataset = load_coco(data_dir or synthetic_split("eval", eval_images))
+        self._data_dir, self._eval_images = data_dir, eval_images
         self._built: dict[frozenset[str], Path] = {}
         self._reference: dict[int, list[np.ndarray]] = {}
+
+    @functools.cached_property
+    def calib(self) -> np.ndarray:
+        """Calibration inputs of the base plan (loaded on first use; a range-cache hit never reads them)."""
+        from vggt_deploy.export.pipeline import _calib_root
+        from vggt_deploy.quant.calibrate import calibration_tensors
+
+        spec = self.base.calibration
+        return calibration_tensors(spec, self.loaded.model.cfg.preprocess, _calib_root(spec.images))
+
+    def _calibration(self) -> np.ndarray | None:
+        """None when the range cache already holds this model's ranges (quantize reads them from there)."""
+        from vggt_deploy.quant.calibrate import cache_path
+
+        hit = cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration).is_file()
+        return None if hit else self.calib
+
+    @functools.cached_property
+    def dataset(self):
+        """The eval dataset (the synthetic eval split is generated on first use)."""
+        from vggt_deploy.data.coco import load_coco, synthetic_split
+
+        return load_coco(self._data_dir or synthetic_split("eval", self._eval_images))
 
     @property
     def layer_names(self) -> list[str]:
@@ -86,7 +106,7 @@ class Workbench:
             if not key:
                 self._built[key] = self.fp32_path
             else:
-                result = quantize(self.fp32, self.plan(key), self.calib, {"query_embeds": self.queries}, "images",
+                result = quantize(self.fp32, self.plan(key), self._calibration(), {"query_embeds": self.queries}, "images",
                                   self.cache_dir)
                 self._built[key] = save_onnx(result.model, self.work_dir / "variants" / f"v{len(self._built):03d}.onnx")
         return self._built[key]
@@ -98,7 +118,7 @@ class Workbench:
 
         path = self.work_dir / "variants" / "base.onnx"
         if path not in self._built.values():
-            result = quantize(self.fp32, self.base, self.calib, {"query_embeds": self.queries}, "images", self.cache_dir)
+            result = quantize(self.fp32, self.base, self._calibration(), {"query_embeds": self.queries}, "images", self.cache_dir)
             self._built[frozenset({"<base plan>"})] = save_onnx(result.model, path)
         return path
 
