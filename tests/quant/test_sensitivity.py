@@ -113,7 +113,7 @@ def test_cli_unmeetable_budget_writes_best_plan(tiny_model_dir, tiny_data, tmp_p
             "--images", "8", "--work", str(tmp_path / "work"), "--max-map-drop", "-0.5", "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
-    assert "budget not met" in result.output and out.is_file()
+    assert "budget not met" in result.output and out.is_file() and out.with_suffix(".md").is_file()
     assert "NOT MET" in out.read_text()
     parse_plan(out.read_text())
 

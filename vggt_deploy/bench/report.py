@@ -167,8 +167,9 @@ def render_benchmarks(results_dir: Path, out_path: Path) -> Path:
 
 # (file stem, heading, reproduce command); a section appears when its Markdown file exists.
 ANALYSIS_SECTIONS = [
-    ("sensitivity", "## Sensitivity: which units to keep in higher precision", "vggt-deploy sensitivity"),
-    ("auto_plan", "## Automatic plan under an accuracy budget", "vggt-deploy plan auto --max-map-drop 0.003 -o PLAN"),
+    ("sensitivity", "## Sensitivity: which units to keep in higher precision", "vggt-deploy sensitivity -o bench/results"),
+    ("auto_plan", "## Automatic plan under an accuracy budget (plan: results/auto_plan.yaml)",
+     "vggt-deploy plan auto --max-map-drop 0.003 -o bench/results/auto_plan.yaml"),
     ("ablation_granularity", "## Ablation (a): weight granularity per stage", "python bench/ablations/granularity.py"),
     ("ablation_calibration", "## Ablation (b): calibration method and number of images",
      "python bench/ablations/calibration.py"),

@@ -90,7 +90,7 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
 @click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
               help="What the plan minimises within the budget (both measured per unit on this machine).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Plan YAML to write (with each rule's measured drop in comments).")
+              help="Plan YAML to write (with each rule's measured drop in comments); .json and .md summaries go beside it.")
 def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, data_dir, work_dir,
               max_map_drop, objective, output) -> None:
     """Choose the cheapest plan whose mAP drop stays within --max-map-drop, verify it, tighten if missed.
@@ -100,7 +100,7 @@ def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval
     from vggt_deploy.fileio import atomic_write_text
     from vggt_deploy.quant.auto_plan import AutoConfig, auto_plan
     from vggt_deploy.quant.sensitivity import SensitivityConfig
-    from vggt_deploy.quant.sensitivity_report import write_sensitivity
+    from vggt_deploy.quant.sensitivity_report import auto_markdown, write_sensitivity
 
     bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
     cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,
@@ -109,8 +109,9 @@ def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval
     write_sensitivity(summary["sensitivity"], work_dir)
     report = {k: v for k, v in summary.items() if k != "sensitivity"}
     atomic_write_text(output.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    atomic_write_text(output.with_suffix(".md"), auto_markdown(summary))
     lat = summary["latency_ms"]
-    click.echo(f"plan written to {output} (details: {output.with_suffix('.json')})")
+    click.echo(f"plan written to {output} (details: {output.with_suffix('.json')}, {output.with_suffix('.md')})")
     click.echo(f"  quantized units: {', '.join(summary['quantized'])}")
     click.echo(f"  float units: {', '.join(summary['float']) or '-'}")
     click.echo(f"  full eval split: FP32 mAP {summary['fp32_map']:.4f}, plan {summary['plan_map']:.4f}, "

@@ -72,3 +72,24 @@ def write_sensitivity(result: dict, out_dir: Path) -> dict[str, Path]:
     atomic_write_text(paths["md"], markdown(result))
     plot(result, paths["png"])
     return paths
+
+
+def auto_markdown(summary: dict) -> str:
+    """The automatic plan's outcome: what it quantized, the verified drop and the side-by-side latency."""
+    lat, budget = summary["latency_ms"], summary["budget_points"]
+    lines = [
+        "| | value |", "|---|---|",
+        f"| budget (mAP drop) | {budget / 100:.4f} ({budget:.2f} points): {'met' if summary['met'] else 'NOT met'} |",
+        f"| objective | {summary['objective']} |",
+        f"| quantized units | {', '.join(summary['quantized'])} |",
+        f"| float units | {', '.join(summary['float']) or '-'} |",
+        f"| FP32 mAP (full eval split, {summary['eval_images']} images) | {summary['fp32_map']:.4f} |",
+        f"| plan mAP | {summary['plan_map']:.4f} |",
+        f"| measured drop | {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; "
+        f"predicted {summary['predicted_points']:.2f}) |",
+        f"| ORT CPU batch-1 p50: FP32 / base plan / this plan | {lat['fp32']:.2f} / {lat['base']:.2f} / "
+        f"{lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base plan) |",
+        f"| size | {summary['size_mb']:.1f} MB |",
+        f"| verifications | {len(summary['tried'])} |",
+    ]
+    return "\n".join(lines) + "\n"
