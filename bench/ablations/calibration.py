@@ -11,7 +11,7 @@ Runtime on the eval split (1000 images).
 
 from __future__ import annotations
 
-from common import ROOT, eval_variants, write_table
+from common import ROOT, eval_variants, lost, write_table
 
 from vggt_deploy.data.coco import synthetic_split
 
@@ -38,8 +38,8 @@ def main() -> None:
         rows.append({"variant": label, "changed": f"method {method}, {n} images", "fp32_map": res["fp32_map"],
                      "int8_map": res[f"{label}_map"], "drop_points": drop, "p50_ms": res[f"{label}_p50_ms"],
                      "size_mb": res[f"{label}_size_mb"],
-                     "takeaway": f"{drop:+.2f} points vs FP32; {100 * (res[f'{label}_map'] - res[f'{best}_map']):+.2f} "
-                                 f"vs the best ({best})"})
+                     "takeaway": f"{lost(drop)} vs FP32; {100 * (res[f'{label}_map'] - res[f'{best}_map']):+.2f} "
+                                 f"points vs the best ({best})"})
     write_table("ablation_calibration", rows, [
         ("variant", "variant"), ("changed", "what changed"), ("fp32_map", "FP32 mAP"), ("int8_map", "INT8 mAP"),
         ("drop_points", "drop (points)"), ("p50_ms", "INT8 ms"), ("size_mb", "INT8 MB"), ("takeaway", "takeaway")],

@@ -10,7 +10,7 @@ the default model with ONNX Runtime (eval split, 1000 images).
 
 from __future__ import annotations
 
-from common import ROOT, eval_variants, write_table
+from common import ROOT, eval_variants, lost, write_table
 
 EARLY = ("patch_embed.*", "token_init.*", "blocks.[0-2].*")
 LATE = ("blocks.[3-5].*", "grounding.*", "heads.*")
@@ -43,7 +43,7 @@ def main() -> None:
         rows.append({"variant": label, "changed": what, "fp32_map": res["fp32_map"], "int8_map": res[f"{label}_map"],
                      "drop_points": drop, "p50_ms": res[f"{label}_p50_ms"], "fp32_p50_ms": res["fp32_p50_ms"],
                      "size_mb": res[f"{label}_size_mb"],
-                     "takeaway": f"{drop:+.2f} points vs FP32, {vs:+.2f} vs per-channel everywhere, "
+                     "takeaway": f"{lost(drop)} vs FP32, {vs:+.2f} points vs per-channel everywhere, "
                                  f"{res['fp32_p50_ms'] / res[f'{label}_p50_ms']:.2f}x FP32 speed"})
     write_table("ablation_granularity", rows, [
         ("variant", "variant"), ("changed", "what changed"), ("fp32_map", "FP32 mAP"), ("int8_map", "INT8 mAP"),
