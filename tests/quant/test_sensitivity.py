@@ -47,6 +47,18 @@ def test_units_cover_the_model_and_plans_do_what_they_say(bench):
     assert parse_plan(plan.text).rules == plan.rules
 
 
+def test_layer_units_select_exactly_their_layer(bench):
+    from vggt_deploy.quant.plan import Rule
+    from vggt_deploy.quant.units import model_units
+
+    units = model_units(bench.layers, "layer")
+    assert [u.name for u in units] == bench.layer_names
+    for unit in units:
+        assert [n for n in bench.layer_names if Rule(unit.pattern, {}, 0).matches(n)] == [unit.name]
+    with pytest.raises(UserError, match="unknown unit kind"):
+        model_units(bench.layers, "stage")
+
+
 def test_unknown_unit_is_a_clear_error(bench):
     with pytest.raises(UserError, match=r"unknown unit 'blocks\.7'.*did you mean"):
         select_units(bench.all_units, ["blocks.7"])
