@@ -156,3 +156,27 @@ def test_too_few_or_no_calibration_images(tmp_path):
         calibration_tensors(CalibrationSpec(num_images=300), PreprocessConfig(size=32), REPO_ROOT)
     with pytest.raises(UserError, match="calibration source not found"):
         calibration_tensors(CalibrationSpec(images=str(tmp_path / "nope")), PreprocessConfig(size=32))
+
+
+@pytest.mark.slow
+def test_entropy_calibration_clips_instead_of_copying_minmax(tiny_export, calib, tmp_path):
+    """onnxruntime's defaults make entropy ranges equal minmax; ours search 2048-bin thresholds."""
+    import json
+
+    def ranges(method):
+        text = f"version: 1\ncalibration: {{method: {method}, num_images: 6}}\ndefault: {{precision: int8}}\n"
+        _quantize(tiny_export, text, calib, tmp_path / method)
+        (cache,) = (tmp_path / method).glob("ranges_*.json")
+        data = json.loads(cache.read_text())["data"]
+
+        def value(v):
+            return float(np.max(v["data"] if isinstance(v, dict) else v))
+
+        return {k: (value(v["lowest"]), value(v["highest"])) for k, v in data.items()}
+
+    minmax, entropy = ranges("minmax"), ranges("entropy")
+    assert minmax.keys() == entropy.keys()
+    inside = [minmax[k][0] - 1e-6 <= entropy[k][0] and entropy[k][1] <= minmax[k][1] + 1e-6 for k in minmax]
+    assert all(inside)
+    clipped = [k for k in minmax if entropy[k][1] - entropy[k][0] < 0.99 * (minmax[k][1] - minmax[k][0])]
+    assert len(clipped) >= len(minmax) // 4

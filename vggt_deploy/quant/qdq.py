@@ -29,7 +29,7 @@ import onnx
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.export.onnx_export import set_metadata
-from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method
+from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.layers import QUANT_OPS, Layer, find_layers
 from vggt_deploy.quant.plan import QdqPlan, Resolved
 
@@ -183,6 +183,9 @@ def quantize(
             }
             # On a cache hit the ranges are read from the cache: no reader (and no idle progress bar).
             reader = TensorReader(calib_images, image_input, extra_feeds) if not cache_hit else None
+            if reader is not None and plan.calibration.method == "entropy":
+                precompute_entropy_ranges(fp32, reader, ranges_file, list(QUANT_OPS))
+                reader = None
             out = Path(tmp) / "static.onnx"
             source = onnx.ModelProto()
             source.CopyFrom(fp32)  # quantize_static rewrites its input to external data in place
