@@ -47,6 +47,18 @@ def test_units_cover_the_model_and_plans_do_what_they_say(bench):
     assert parse_plan(plan.text).rules == plan.rules
 
 
+def test_tensorrt_flavour_variants_pass_tensorrt_rules(tiny_model_dir, tiny_data, tmp_path):
+    import onnx
+
+    from vggt_deploy.quant.validate import validate_tensorrt
+
+    trt = Workbench(tiny_model_dir, parse_plan(BASE, "base.yaml", target="tensorrt"), tmp_path, data_dir=tiny_data,
+                    cache_dir=tmp_path / "cache")
+    everything = trt.build({u.name for u in trt.units})  # attention matmuls included; build() validates too
+    assert validate_tensorrt(onnx.load(str(everything))) == []
+    assert trt.plan({u.name for u in trt.units}).target == "tensorrt"
+
+
 def test_layer_units_select_exactly_their_layer(bench):
     from vggt_deploy.quant.plan import Rule
     from vggt_deploy.quant.units import model_units

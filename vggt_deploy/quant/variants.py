@@ -108,8 +108,18 @@ class Workbench:
             else:
                 result = quantize(self.fp32, self.plan(key), self._calibration(), {"query_embeds": self.queries}, "images",
                                   self.cache_dir)
+                self._check_target(result.model)
                 self._built[key] = save_onnx(result.model, self.work_dir / "variants" / f"v{len(self._built):03d}.onnx")
         return self._built[key]
+
+    def _check_target(self, model: onnx.ModelProto) -> None:
+        """Every TensorRT-flavour variant must pass TensorRT's QDQ rules, as every export does."""
+        from vggt_deploy.quant.validate import validate_tensorrt
+
+        if self.base.target == "tensorrt":
+            violations = validate_tensorrt(model)
+            if violations:
+                raise RuntimeError("TensorRT-flavour variant breaks TensorRT rules:\n  " + "\n  ".join(violations))
 
     def build_base(self) -> Path:
         """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
@@ -119,6 +129,7 @@ class Workbench:
         path = self.work_dir / "variants" / "base.onnx"
         if path not in self._built.values():
             result = quantize(self.fp32, self.base, self._calibration(), {"query_embeds": self.queries}, "images", self.cache_dir)
+            self._check_target(result.model)
             self._built[frozenset({"<base plan>"})] = save_onnx(result.model, path)
         return path
 
