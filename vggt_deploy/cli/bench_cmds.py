@@ -31,8 +31,11 @@ from vggt_deploy.cli.app import DEFAULT_MODEL, PLANS_DIR, _command_line, _plan_p
 @click.option("--min-map", type=float, default=None, help="Exit non-zero when an ok target scores below this mAP.")
 @click.option("--sweep", type=click.Choice(["batch", "resolution"]), default=None,
               help="Instead of the target matrix: latency and memory vs batch size or vs image tokens.")
+@click.option("--render-only", is_flag=True,
+              help="Measure nothing: rebuild bench/BENCHMARKS.md from the files in --results-dir "
+                   "(after `sensitivity`, `plan auto` or the bench/ablations scripts wrote there).")
 def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, warmup, threads, build_dir, results_dir,
-          json_file, min_map, sweep) -> None:
+          json_file, min_map, sweep, render_only) -> None:
     """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k.
 
     Writes bench.json/.csv/.md and plots to --results-dir and refreshes bench/BENCHMARKS.md.
@@ -40,6 +43,9 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     from vggt_deploy.bench.harness import BenchConfig, results_as_dicts, run_bench
     from vggt_deploy.bench.report import environment, markdown_table, render_benchmarks, write_reports
 
+    if render_only:
+        click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
+        return
     cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, plans_dir=PLANS_DIR, mixed_plan=_plan_path(plan_value),
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
                       batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
