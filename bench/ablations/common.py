@@ -23,7 +23,6 @@ def eval_variants(model_dir: Path, variants: dict[str, str | None], work: Path, 
     """Score each variant (label -> plan YAML text, None for FP32) of one model; flat dict of results."""
     from vggt_deploy.backends.ort_runner import OrtRunner
     from vggt_deploy.bench.evaluate import evaluate, runner_infer
-    from vggt_deploy.bench.timing import time_alternating
     from vggt_deploy.data.coco import load_coco, synthetic_split
     from vggt_deploy.export.pipeline import export_from_model
     from vggt_deploy.model.io import load_model
@@ -43,18 +42,31 @@ def eval_variants(model_dir: Path, variants: dict[str, str | None], work: Path, 
             out[f"{label}_{key}"] = float(m[key])
         out[f"{label}_size_mb"] = path.stat().st_size / 1e6
     if rounds:
-        size = loaded.model.cfg.image_size
-        queries = np.load(next(iter(files.values())).parent / "queries.npy")
-        feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": queries}
-        runners = {label: OrtRunner(path, name=label).activate() for label, path in files.items()}
-        try:
-            stats = time_alternating({k: (lambda r=r: r.infer(feeds)) for k, r in runners.items()}, warmup=5, rounds=rounds)
-        finally:
-            for r in runners.values():
-                r.close()
-        for label, s in stats.items():
-            out[f"{label}_p50_ms"] = s.p50
+        for label, p50 in time_files(files, loaded.model.cfg.image_size, rounds).items():
+            out[f"{label}_p50_ms"] = p50
     return out
+
+
+def time_files(files: dict[str, Path], image_size: int, rounds: int = 30) -> dict[str, float]:
+    """Batch-1 median latency (ms) of ONNX files, all timed in alternating rounds in one process.
+
+    Each file is fed its own export's query embeddings (queries.npy beside it).
+    """
+    from vggt_deploy.backends.ort_runner import OrtRunner
+    from vggt_deploy.bench.timing import time_alternating
+
+    image = np.zeros((1, 3, image_size, image_size), np.float32)
+    runners, calls = {}, {}
+    try:
+        for label, path in files.items():
+            runner = runners[label] = OrtRunner(path, name=label).activate()
+            feeds = {"images": image, "query_embeds": np.load(Path(path).parent / "queries.npy")}
+            calls[label] = lambda r=runner, f=feeds: r.infer(f)
+        stats = time_alternating(calls, warmup=5, rounds=rounds)
+    finally:
+        for r in runners.values():
+            r.close()
+    return {label: s.p50 for label, s in stats.items()}
 
 
 def mean_std(values: list[float]) -> dict:

@@ -56,10 +56,10 @@ def _plan_path(value: str | None) -> Path | None:
     if value is None:
         return None
     path = Path(value)
-    if not path.exists() and (PLANS_DIR / f"{value}.yaml").exists():
-        return PLANS_DIR / f"{value}.yaml"
-    if not path.exists() and (PLANS_DIR / value).exists():
-        return PLANS_DIR / value
+    for shipped in (PLANS_DIR / f"{value}.yaml", PLANS_DIR / value):
+        if not path.exists() and shipped.exists():
+            # Relative to the working directory when possible: the path is echoed into reports and plans.
+            return shipped.relative_to(Path.cwd()) if shipped.is_relative_to(Path.cwd()) else shipped
     return path
 
 

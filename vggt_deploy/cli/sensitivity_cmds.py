@@ -55,7 +55,7 @@ def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images
               help="map: mAP@[.5:.95] drop in points; output-error: relative L2 of boxes+logits vs FP32, percent.")
 @click.option("--confirm-top", type=click.IntRange(0), default=3, show_default=True,
               help="Re-score this many top units (and the all-quantized model) on the full eval split.")
-@click.option("--latency-rounds", type=click.IntRange(0), default=20, show_default=True,
+@click.option("--latency-rounds", type=click.IntRange(0), default=60, show_default=True,
               help="Alternating timed rounds per variant for the latency savings (0: skip).")
 @click.option("--list-units", is_flag=True, help="Print the units of the model and exit.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),

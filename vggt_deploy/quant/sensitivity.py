@@ -39,7 +39,7 @@ class SensitivityConfig:
     metric: str = "map"
     images: int = 300
     confirm_top: int = 3
-    latency_rounds: int = 20
+    latency_rounds: int = 60
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
