@@ -127,9 +127,14 @@ def auto_plan(bench: Workbench, cfg: AutoConfig, out_path: Path, command: str = 
 
 
 def _fmt_unit(row: dict) -> str:
-    lat = "-" if row["latency_saving_ms"] is None else f"{row['latency_saving_ms']:.2f} ms"
+    def effect(value: float | None, unit: str) -> str:
+        if value is None:
+            return f"- {unit}"
+        return f"saves {value:.2f} {unit}" if value >= 0 else f"costs {-value:.2f} {unit}"
+
     return (f"drop {row['damage_only']:+.3f} points when only it is int8, recovery {row['recovery']:+.3f} "
-            f"when only it stays float; quantizing saves {lat}, {row['size_saving_mb']:.2f} MB")
+            f"when only it stays float; quantizing {effect(row['latency_saving_ms'], 'ms')}, "
+            f"{effect(row['size_saving_mb'], 'MB')}")
 
 
 def _header(bench: Workbench, s: dict, rows: dict[str, dict], command: str) -> str:
