@@ -112,7 +112,9 @@ def auto_plan(bench: Workbench, cfg: AutoConfig, out_path: Path, command: str = 
     within = [t for t in tried if t["drop_points"] <= budget]
     best = max(within, key=lambda t: t["saving"]) if within else min(tried, key=lambda t: t["drop_points"])
     final = frozenset(best["quantized"])
-    latency = bench.latency({"fp32": bench.build(frozenset()), "base": bench.build_base(), "auto": bench.build(final)}, rounds=200)
+    # 200 rounds: the plan-vs-base comparison is the number users act on, and three sessions time quickly.
+    latency = bench.latency({"fp32": bench.build(frozenset()), "base": bench.build_base(), "auto": bench.build(final)},
+                            rounds=200)
     summary = {
         "met": bool(within), "budget_points": budget, "objective": cfg.objective, "fp32_map": fp32_full,
         "plan_map": best["map"], "drop_points": best["drop_points"], "predicted_points": best["predicted_points"],

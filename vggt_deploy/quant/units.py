@@ -124,9 +124,12 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
     return parse_plan(text, source=f"<plan: {len(quantized)} of {len(units)} units quantized>")
 
 
+_YAML_WORDS = ("true", "false", "null", "off", "on", "yes", "no")  # would not read back as strings
+
+
 def _flow(obj: object) -> str:
-    if isinstance(obj, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", obj) and obj not in ("true", "false", "null", "off", "on", "yes", "no"):
-        return obj
+    if isinstance(obj, str) and re.fullmatch(r"[a-z][a-z0-9_-]*", obj) and obj not in _YAML_WORDS:
+        return obj  # plain identifiers stay unquoted, as people write plans
     if not isinstance(obj, dict):
         return json.dumps(obj)  # a JSON scalar is a YAML scalar
     return yaml.safe_dump(obj, default_flow_style=True, sort_keys=False, width=1000).strip()

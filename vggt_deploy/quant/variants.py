@@ -128,7 +128,8 @@ class Workbench:
 
         path = self.work_dir / "variants" / "base.onnx"
         if path not in self._built.values():
-            result = quantize(self.fp32, self.base, self._calibration(), {"query_embeds": self.queries}, "images", self.cache_dir)
+            result = quantize(self.fp32, self.base, self._calibration(), {"query_embeds": self.queries}, "images",
+                              self.cache_dir)
             self._check_target(result.model)
             self._built[frozenset({"<base plan>"})] = save_onnx(result.model, path)
         return path
