@@ -20,7 +20,7 @@ import numpy as np
 
 from vggt_deploy.backends.ort_runner import OrtRunner
 from vggt_deploy.bench.evaluate import evaluate, runner_infer
-from vggt_deploy.bench.timing import time_alternating
+from vggt_deploy.bench.timing import time_onnx_files
 from vggt_deploy.data.coco import load_coco, synthetic_split
 from vggt_deploy.export.pipeline import export_from_model
 from vggt_deploy.model.io import load_model
@@ -62,9 +62,8 @@ def main() -> None:
         rows.append({"variant": label, "file": str(path.relative_to(ROOT)), "size_mb": path.stat().st_size / 1e6, **m})
     queries = np.load(next(iter(files.values())).parent / "queries.npy")
     image = np.zeros((1, 3, loaded.model.cfg.image_size, loaded.model.cfg.image_size), np.float32)
-    runners = {label: OrtRunner(path, name=label).activate() for label, path in files.items()}
     feeds = {"images": image, "query_embeds": queries}
-    stats = time_alternating({k: (lambda r=r: r.infer(feeds)) for k, r in runners.items()}, warmup=10, rounds=args.rounds)
+    stats = time_onnx_files(files, {label: feeds for label in files}, warmup=10, rounds=args.rounds)
     for row in rows:
         row["latency_ms_p50"] = stats[row["variant"]].p50
         row["latency_ms_p90"] = stats[row["variant"]].p90

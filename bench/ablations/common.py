@@ -52,21 +52,12 @@ def time_files(files: dict[str, Path], image_size: int, rounds: int = 30) -> dic
 
     Each file is fed its own export's query embeddings (queries.npy beside it).
     """
-    from vggt_deploy.backends.ort_runner import OrtRunner
-    from vggt_deploy.bench.timing import time_alternating
+    from vggt_deploy.bench.timing import time_onnx_files
 
     image = np.zeros((1, 3, image_size, image_size), np.float32)
-    runners, calls = {}, {}
-    try:
-        for label, path in files.items():
-            runner = runners[label] = OrtRunner(path, name=label).activate()
-            feeds = {"images": image, "query_embeds": np.load(Path(path).parent / "queries.npy")}
-            calls[label] = lambda r=runner, f=feeds: r.infer(f)
-        stats = time_alternating(calls, warmup=5, rounds=rounds)
-    finally:
-        for r in runners.values():
-            r.close()
-    return {label: s.p50 for label, s in stats.items()}
+    feeds = {label: {"images": image, "query_embeds": np.load(Path(path).parent / "queries.npy")}
+             for label, path in files.items()}
+    return {label: s.p50 for label, s in time_onnx_files(files, feeds, warmup=5, rounds=rounds).items()}
 
 
 def mean_std(values: list[float]) -> dict:

@@ -47,3 +47,24 @@ def time_alternating(
             calls[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: LatencyStats.from_samples(s, batch) for name, s in samples.items()}
+
+
+def time_onnx_files(
+    files: dict[str, object], feeds: dict[str, dict], warmup: int = 5, rounds: int = 30
+) -> dict[str, LatencyStats]:
+    """Time ONNX files (label -> path) with ONNX Runtime, each fed `feeds[label]`, in alternating rounds.
+
+    All sessions live in this one process at once; their thread pools do not spin, so they do not steal
+    cores from each other between calls.
+    """
+    from vggt_deploy.backends.ort_runner import OrtRunner
+
+    runners = {}
+    try:
+        for label, path in files.items():
+            runners[label] = OrtRunner(path, name=label).activate()
+        calls = {label: (lambda r=r, f=feeds[label]: r.infer(f)) for label, r in runners.items()}
+        return time_alternating(calls, warmup=warmup, rounds=rounds)
+    finally:
+        for r in runners.values():
+            r.close()

@@ -29,7 +29,7 @@ from vggt_deploy.fileio import atomic_write_text
 from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
 from vggt_deploy.quant.variants import Workbench
 
-OBJECTIVES = ("latency", "size")
+SAVING_KEY = {"latency": "latency_saving_ms", "size": "size_saving_mb"}  # objective -> measured per-unit saving
 EXHAUSTIVE_UNITS = 16
 MAX_VERIFICATIONS = 5
 
@@ -61,14 +61,13 @@ def predicted_drop(rows: dict[str, dict], quantized: frozenset[str], damage_all:
 
 
 def _saving(rows: dict[str, dict], quantized: frozenset[str], objective: str) -> float:
-    key = "latency_saving_ms" if objective == "latency" else "size_saving_mb"
-    return sum(rows[u][key] or 0.0 for u in quantized)
+    return sum(rows[u][SAVING_KEY[objective]] or 0.0 for u in quantized)
 
 
 def choose(rows: dict[str, dict], damage_all: float, budget_points: float, objective: str,
            exclude: frozenset[str] = frozenset()) -> frozenset[str] | None:
     """The non-empty set with the largest saving predicted within the budget (None if there is none)."""
-    key = "latency_saving_ms" if objective == "latency" else "size_saving_mb"
+    key = SAVING_KEY[objective]
     # A unit that saves nothing is never worth its damage.
     names = [u for u in rows if u not in exclude and (rows[u][key] or 0.0) > 0]
     best, best_saving = None, -1.0
@@ -92,7 +91,7 @@ def auto_plan(bench: Workbench, cfg: AutoConfig, out_path: Path, command: str = 
     """Measure, choose, verify, tighten, and write the plan to `out_path`; returns the summary."""
     sens = run_sensitivity(bench, cfg.sensitivity, progress=progress)
     rows = {r["unit"]: r for r in sens["units"]}
-    damage_all = 100.0 * (sens["scores"]["fp32"] - sens["scores"]["all"])
+    damage_all = sens["damage_all"]  # mAP points: the sensitivity metric is map here
     budget = 100.0 * cfg.max_map_drop
     fp32_full = bench.score(bench.build(frozenset()), "map", None)
     tried: list[dict] = []

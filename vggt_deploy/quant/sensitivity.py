@@ -99,6 +99,7 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
         "base_plan": bench.base.source,
         "target": bench.base.target,
         "damage_unit": "mAP points" if cfg.metric == "map" else "output error %",
+        "damage_all": damage["all"],
         "subset_images": min(cfg.images, len(bench.dataset.records)),
         "scores": scores,
         "latency_ms": latency,

@@ -24,11 +24,9 @@ def markdown(result: dict) -> str:
         lat = "-" if r["latency_saving_ms"] is None else f"{r['latency_saving_ms']:.2f}"
         lines.append(f"| {i} | {r['unit']} | {r['layers']} | {_num(r['damage_only'])} | {_num(r['damage_except'])} | "
                      f"{_num(r['recovery'])} | {_num(r['score'])} | {full} | {lat} | {r['size_saving_mb']:.2f} |")
-    all_damage = 100 * (result["scores"]["fp32"] - result["scores"]["all"]) if result["config"]["metric"] == "map" \
-        else result["scores"]["all"]
     notes = [f"Base plan {result['base_plan']} (target {result['target']}), {result['unit_kind']} units, "
              f"metric {result['config']['metric']} on the first {result['subset_images']} eval images; "
-             f"everything quantized: {all_damage:+.3f} {unit}."]
+             f"everything quantized: {result['damage_all']:+.3f} {unit}."]
     conf = result.get("confirmation")
     if conf:
         notes.append(f"Full eval split ({conf['images']} images): everything quantized {conf['damage_all']:+.3f} {unit}; "

@@ -70,12 +70,16 @@ class Workbench:
         spec = self.base.calibration
         return calibration_tensors(spec, self.loaded.model.cfg.preprocess, _calib_root(spec.images))
 
-    def _calibration(self) -> np.ndarray | None:
-        """None when the range cache already holds this model's ranges (quantize reads them from there)."""
+    @functools.cached_property
+    def _ranges_file(self) -> Path:
+        """The range-cache file every variant shares (same FP32 model, same calibration section)."""
         from vggt_deploy.quant.calibrate import cache_path
 
-        hit = cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration).is_file()
-        return None if hit else self.calib
+        return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration)
+
+    def _calibration(self) -> np.ndarray | None:
+        """None when the range cache already holds this model's ranges (quantize reads them from there)."""
+        return None if self._ranges_file.is_file() else self.calib
 
     @functools.cached_property
     def dataset(self):
@@ -98,41 +102,33 @@ class Workbench:
 
     def build(self, quantized: Iterable[str]) -> Path:
         """The QDQ file of a variant (built once; the calibration ranges come from the shared cache)."""
-        from vggt_deploy.export.onnx_export import save_onnx
-        from vggt_deploy.quant.qdq import quantize
-
         key = frozenset(quantized)
         if key not in self._built:
-            if not key:
-                self._built[key] = self.fp32_path
-            else:
-                result = quantize(self.fp32, self.plan(key), self._calibration(), {"query_embeds": self.queries}, "images",
-                                  self.cache_dir)
-                self._check_target(result.model)
-                self._built[key] = save_onnx(result.model, self.work_dir / "variants" / f"v{len(self._built):03d}.onnx")
+            path = self.work_dir / "variants" / f"v{len(self._built):03d}.onnx"
+            self._built[key] = self._quantize(self.plan(key), path) if key else self.fp32_path
         return self._built[key]
 
-    def _check_target(self, model: onnx.ModelProto) -> None:
-        """Every TensorRT-flavour variant must pass TensorRT's QDQ rules, as every export does."""
-        from vggt_deploy.quant.validate import validate_tensorrt
-
-        if self.base.target == "tensorrt":
-            violations = validate_tensorrt(model)
-            if violations:
-                raise RuntimeError("TensorRT-flavour variant breaks TensorRT rules:\n  " + "\n  ".join(violations))
+    @functools.cached_property
+    def _base_file(self) -> Path:
+        return self._quantize(self.base, self.work_dir / "variants" / "base.onnx")
 
     def build_base(self) -> Path:
         """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
+        return self._base_file
+
+    def _quantize(self, plan: QdqPlan, path: Path) -> Path:
+        """Quantize the FP32 export with `plan`, check TensorRT's rules for that flavour, save to `path`."""
         from vggt_deploy.export.onnx_export import save_onnx
         from vggt_deploy.quant.qdq import quantize
+        from vggt_deploy.quant.validate import validate_tensorrt
 
-        path = self.work_dir / "variants" / "base.onnx"
-        if path not in self._built.values():
-            result = quantize(self.fp32, self.base, self._calibration(), {"query_embeds": self.queries}, "images",
-                              self.cache_dir)
-            self._check_target(result.model)
-            self._built[frozenset({"<base plan>"})] = save_onnx(result.model, path)
-        return path
+        result = quantize(self.fp32, plan, self._calibration(), {"query_embeds": self.queries}, "images",
+                          self.cache_dir)
+        if plan.target == "tensorrt":  # every TensorRT-flavour variant must pass, as every export does
+            violations = validate_tensorrt(result.model)
+            if violations:
+                raise RuntimeError("TensorRT-flavour variant breaks TensorRT rules:\n  " + "\n  ".join(violations))
+        return save_onnx(result.model, path)
 
     def evaluate(self, path: Path, limit: int | None) -> dict:
         """Grounding metrics of an ONNX file on the first `limit` eval images (all when None)."""
@@ -180,19 +176,9 @@ class Workbench:
 
     def latency(self, paths: dict[str, Path], rounds: int = 20) -> dict[str, float]:
         """Median batch-1 latency (ms) of each file, timed in alternating rounds in one process."""
-        from vggt_deploy.backends.ort_runner import OrtRunner
-        from vggt_deploy.bench.timing import time_alternating
+        from vggt_deploy.bench.timing import time_onnx_files
 
         size = self.loaded.model.cfg.image_size
         feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": self.queries}
-        runners = {}
-        try:
-            for label, path in paths.items():
-                runners[label] = OrtRunner(path, name=label).activate()
-            calls = {label: (lambda r=r: r.infer(feeds)) for label, r in runners.items()}
-            stats = time_alternating(calls, warmup=3, rounds=rounds)
-        finally:
-            for r in runners.values():
-                r.close()
+        stats = time_onnx_files(paths, {label: feeds for label in paths}, warmup=3, rounds=rounds)
         return {label: s.p50 for label, s in stats.items()}
-
