@@ -16,7 +16,9 @@ $(BIN)/vggt-deploy: pyproject.toml
 
 venv: $(BIN)/vggt-deploy
 
+# lint-imports checks the one-way layering declared in pyproject.toml before the tests run.
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # The main job on the embedded default model: mixed-precision export, an offline-optimized

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vggt_deploy.backends.ort_runner import OrtRunner
+from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 from vggt_deploy.bench.evaluate import evaluate, runner_infer
 from vggt_deploy.bench.timing import time_onnx_files
+from vggt_deploy.compile import export_from_model
 from vggt_deploy.data.coco import load_coco, synthetic_split
-from vggt_deploy.export.pipeline import export_from_model
 from vggt_deploy.model.io import load_model
+from vggt_deploy.paths import default_model_dir, shipped_plan
 from vggt_deploy.quant.plan import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +39,18 @@ VARIANTS = [  # (label, plan, target override)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "vggt_small")
+    parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--eval-images", type=int, default=1000)
     parser.add_argument("--build", type=Path, default=ROOT / "build" / "quant_accuracy")
     parser.add_argument("--rounds", type=int, default=50)
     args = parser.parse_args()
 
+    args.model = args.model or default_model_dir()
     loaded = load_model(args.model)
     dataset = load_coco(synthetic_split("eval", args.eval_images))
     files: dict[str, Path] = {}
     for label, plan_name, target in VARIANTS:
-        plan_path = ROOT / "models" / "plans" / f"{plan_name}.yaml" if plan_name else None
+        plan_path = shipped_plan(plan_name) if plan_name else None
         if plan_path is not None and not plan_path.exists():
             continue
         plan = load_plan(plan_path, target=target) if plan_path else None

@@ -32,7 +32,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_export(tiny_model_dir, tmp_path_factory):
     """The tiny model exported to FP32 ONNX (once per session), with its check and calibration inputs."""
-    from vggt_deploy.export.pipeline import export_from_model
+    from vggt_deploy.compile import export_from_model
 
     out = tmp_path_factory.mktemp("export")
     return export_from_model(tiny_model_dir, out)

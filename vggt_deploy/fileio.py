@@ -8,6 +8,7 @@ half-written file behind under the real name.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,3 +37,8 @@ def atomic_save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_json(path: str | Path, obj: object) -> Path:
+    """`obj` as indented JSON; NaN and infinity are refused (they are not JSON)."""
+    return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")

@@ -17,7 +17,7 @@ from vggt_deploy.backends.base import Runner
 from vggt_deploy.data.preprocess import preprocess
 from vggt_deploy.fileio import atomic_write_bytes, atomic_write_text
 from vggt_deploy.model.io import LoadedModel
-from vggt_deploy.postprocess import best_box
+from vggt_deploy.model.postprocess import best_box
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Grounding:
 
 def ground(runner: Runner, loaded: LoadedModel, image: np.ndarray, queries: list[str]) -> list[Grounding]:
     """Top-1 box per query on one BGR image."""
-    from vggt_deploy.bench.evaluate import query_embeddings
+    from vggt_deploy.model.queries import query_embeddings
 
     h, w = image.shape[:2]
     feeds = {"images": preprocess(image, loaded.model.cfg.preprocess)[None],

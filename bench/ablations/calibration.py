@@ -11,7 +11,12 @@ Runtime on the eval split (1000 images).
 
 from __future__ import annotations
 
-from common import ROOT, eval_variants, lost, write_table
+from pathlib import Path
+
+from vggt_deploy.paths import default_model_dir
+from vggt_deploy.tuning.ablations import eval_variants, lost, write_table
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
 from vggt_deploy.data.coco import synthetic_split
 
@@ -30,7 +35,7 @@ def main() -> None:
     variants = {f"{m}, 128 images": (m, 128) for m in METHODS}
     variants.update({f"percentile, {n} images": ("percentile", n) for n in COUNTS if n != 128})
     plans = {"fp32": None, **{label: plan_text(m, n, source) for label, (m, n) in variants.items()}}
-    res = eval_variants(ROOT / "models" / "vggt_small", plans, ROOT / "build" / "ablations" / "calibration")
+    res = eval_variants(default_model_dir(), plans, ROOT / "build" / "ablations" / "calibration")
     best = max(variants, key=lambda v: res[f"{v}_map"])
     rows = []
     for label, (method, n) in variants.items():

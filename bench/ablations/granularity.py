@@ -10,7 +10,12 @@ the default model with ONNX Runtime (eval split, 1000 images).
 
 from __future__ import annotations
 
-from common import ROOT, eval_variants, lost, write_table
+from pathlib import Path
+
+from vggt_deploy.paths import default_model_dir
+from vggt_deploy.tuning.ablations import eval_variants, lost, write_table
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
 EARLY = ("patch_embed.*", "token_init.*", "blocks.[0-2].*")
 LATE = ("blocks.[3-5].*", "grounding.*", "heads.*")
@@ -32,7 +37,7 @@ def plan_text(early: str, late: str) -> str:
 
 
 def main() -> None:
-    model = ROOT / "models" / "vggt_small"
+    model = default_model_dir()
     plans = {"fp32": None, **{label: plan_text(e, l) for label, (_, e, l) in VARIANTS.items()}}
     res = eval_variants(model, plans, ROOT / "build" / "ablations" / "granularity")
     rows = []

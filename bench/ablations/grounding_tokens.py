@@ -22,7 +22,10 @@ import json
 from pathlib import Path
 
 import torch
-from common import ROOT, eval_variants, lost, mean_std, time_files, write_table
+
+from vggt_deploy.tuning.ablations import eval_variants, lost, mean_std, time_files, write_table
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
 from vggt_deploy.model.config import get_config
 

@@ -13,12 +13,17 @@
 
 from __future__ import annotations
 
-from common import ROOT, eval_variants, write_table
+from pathlib import Path
+
+from vggt_deploy.paths import default_model_dir, shipped_plan
+from vggt_deploy.tuning.ablations import eval_variants, write_table
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
 from vggt_deploy.data.coco import synthetic_split
 from vggt_deploy.data.scenes import SceneConfig
 
-PLANS = {"int8": ROOT / "models" / "plans" / "int8.yaml", "mixed": ROOT / "models" / "plans" / "mixed.yaml"}
+PLANS = {"int8": shipped_plan("int8"), "mixed": shipped_plan("mixed")}
 
 
 def recalibrated(text: str, source: str) -> str:
@@ -26,7 +31,7 @@ def recalibrated(text: str, source: str) -> str:
 
 
 def main() -> None:
-    model = ROOT / "models" / "vggt_small"
+    model = default_model_dir()
     texts = {k: p.read_text() for k, p in PLANS.items()}
     work = ROOT / "build" / "ablations" / "limitations"
 

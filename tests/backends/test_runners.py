@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vggt_deploy.backends.ort_runner import OrtRunner
-from vggt_deploy.backends.torch_runner import TorchRunner
+from vggt_deploy.backends.onnxruntime.runner import OrtRunner
+from vggt_deploy.backends.torch.runner import TorchRunner
 from vggt_deploy.errors import UserError
 
 

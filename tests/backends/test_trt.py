@@ -7,13 +7,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from vggt_deploy.backends.ort_runner import OrtRunner
-from vggt_deploy.backends.trt_rewrite import to_fp16
-from vggt_deploy.backends.trt_settings import BuildOptions, plan_build
-from vggt_deploy.backends.trt_sidecar import check_sidecar, make_sidecar, read_sidecar, write_engine
+from vggt_deploy.backends.onnxruntime.runner import OrtRunner
+from vggt_deploy.backends.tensorrt.rewrite import to_fp16
+from vggt_deploy.backends.tensorrt.settings import BuildOptions, plan_build
+from vggt_deploy.backends.tensorrt.sidecar import check_sidecar, make_sidecar, read_sidecar, write_engine
 from vggt_deploy.cli import main
 from vggt_deploy.errors import UserError
-from vggt_deploy.quant.layers import find_layers
+from vggt_deploy.graph.layers import find_layers
 
 SHAPES = {"images": (None, 3, 128, 128), "query_embeds": (None, 256)}
 PRECISIONS = {"blocks.0.attn.q": "int8", "grounding.0.mlp.fc1": "fp32", "heads.box.mlp.0": "fp16"}
@@ -120,7 +120,7 @@ def test_build_trt_without_tensorrt_says_what_to_install(tiny_model_dir, tiny_pl
 def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
     pytest.importorskip("tensorrt")
     pytest.importorskip("pycuda")
-    from vggt_deploy.backends.trt_runner import TrtRunner
+    from vggt_deploy.backends.tensorrt.runner import TrtRunner
 
     runner = CliRunner()
     out = _export_tensorrt_flavour(tiny_model_dir, tiny_plan_text, tmp_path)
@@ -136,7 +136,7 @@ def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
 
 
 def test_a_plan_given_to_build_trt_overrides_the_recorded_precisions(tiny_export):
-    from vggt_deploy.backends.trt_build import layer_precisions
+    from vggt_deploy.backends.tensorrt.build import layer_precisions
     from vggt_deploy.quant.plan import parse_plan
 
     model = onnx.load(str(tiny_export.fp32))

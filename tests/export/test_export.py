@@ -5,8 +5,8 @@ import onnx
 import pytest
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.export.onnx_export import get_metadata, load_onnx
-from vggt_deploy.quant.layers import find_layers
+from vggt_deploy.graph.layers import find_layers
+from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
 
 def test_fp32_export_matches_pytorch_and_carries_metadata(tiny_export, tiny_model_dir):
@@ -29,7 +29,7 @@ def test_module_paths_survive_simplification(tiny_export):
 
 
 def test_dynamic_batch_runs_in_onnxruntime(tiny_export):
-    from vggt_deploy.backends.ort_session import make_session
+    from vggt_deploy.backends.onnxruntime.session import make_session
 
     session = make_session(tiny_export.fp32)
     queries = np.load(tiny_export.fp32.parent / "queries.npy")

@@ -5,22 +5,21 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from vggt_deploy.backends.ort_session import make_session
+from vggt_deploy.backends.onnxruntime.session import make_session
+from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
-from vggt_deploy.export.pipeline import REPO_ROOT
+from vggt_deploy.graph.layers import find_layers
 from vggt_deploy.quant.calibrate import calibration_tensors
-from vggt_deploy.quant.layers import find_layers
 from vggt_deploy.quant.plan import parse_plan
 from vggt_deploy.quant.qdq import partition, quantize
-from vggt_deploy.quant.validate import validate_tensorrt
 
 
 @pytest.fixture(scope="module")
 def calib():
     from vggt_deploy.quant.plan import CalibrationSpec
 
-    return calibration_tensors(CalibrationSpec(method="minmax", num_images=6), PreprocessConfig(size=32), REPO_ROOT)
+    return calibration_tensors(CalibrationSpec(method="minmax", num_images=6), PreprocessConfig(size=32))
 
 
 def _quantize(tiny_export, text, calib, cache, target=None):
@@ -153,7 +152,7 @@ def test_too_few_or_no_calibration_images(tmp_path):
     with pytest.raises(UserError, match="no calibration images"):
         calibration_tensors(CalibrationSpec(images=str(tmp_path / "empty")), PreprocessConfig(size=32))
     with pytest.raises(UserError, match="256 calibration images, but the plan asks for 300"):
-        calibration_tensors(CalibrationSpec(num_images=300), PreprocessConfig(size=32), REPO_ROOT)
+        calibration_tensors(CalibrationSpec(num_images=300), PreprocessConfig(size=32))
     with pytest.raises(UserError, match="calibration source not found"):
         calibration_tensors(CalibrationSpec(images=str(tmp_path / "nope")), PreprocessConfig(size=32))
 

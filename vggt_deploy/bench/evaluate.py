@@ -19,7 +19,8 @@ from vggt_deploy.bench.metrics import box_iou_xywh, coco_ground_truth, coco_map,
 from vggt_deploy.data.coco import GroundingDataset
 from vggt_deploy.data.preprocess import preprocess
 from vggt_deploy.model.io import LoadedModel
-from vggt_deploy.postprocess import best_box, detections
+from vggt_deploy.model.postprocess import best_box, detections
+from vggt_deploy.model.queries import query_embeddings
 
 InferFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -44,13 +45,6 @@ def runner_infer(runner) -> InferFn:
         return tuple(out[name] for name in OUTPUT_NAMES)
 
     return infer
-
-
-@torch.no_grad()
-def query_embeddings(loaded: LoadedModel, texts: list[str]) -> np.ndarray:
-    """Embed texts with the model's own tokenizer and query encoder -> (Q, D) float32."""
-    ids = loaded.tokenizer.encode(texts, loaded.model.cfg.max_query_len)
-    return loaded.model.encode_queries(ids).numpy().astype(np.float32)
 
 
 def evaluate(

@@ -21,20 +21,21 @@ from tqdm import tqdm
 
 from vggt_deploy.backends.base import Runner
 from vggt_deploy.backends.capabilities import backend_for
-from vggt_deploy.backends.ort_runner import OrtRunner
-from vggt_deploy.backends.torch_runner import TorchRunner
-from vggt_deploy.bench.evaluate import evaluate, query_embeddings, runner_infer
+from vggt_deploy.backends.onnxruntime.runner import OrtRunner
+from vggt_deploy.backends.torch.runner import TorchRunner
+from vggt_deploy.bench.evaluate import evaluate, runner_infer
 from vggt_deploy.bench.flops import count_gflops
 from vggt_deploy.bench.peak import achieved_fraction, matmul_peak_gops
 from vggt_deploy.bench.timing import time_alternating
 from vggt_deploy.errors import UserError
+from vggt_deploy.model.queries import query_embeddings
+from vggt_deploy.paths import shipped_plan
 
 
 @dataclass
 class BenchConfig:
     model_dir: Path
     build_dir: Path
-    plans_dir: Path
     mixed_plan: Path | None = None
     device: str = "cpu"
     targets: tuple[str, ...] = ()
@@ -93,12 +94,12 @@ class Builds:
 
     def export(self, plan_name: str | None, plan_path: Path | None = None, target: str | None = None) -> Path:
         """The model exported with a shipped plan (None: FP32), in the plan's or `target`'s QDQ flavour."""
-        from vggt_deploy.export.pipeline import export_from_model
+        from vggt_deploy.compile import export_from_model
         from vggt_deploy.quant.plan import load_plan
 
         key = (plan_name or "fp32") + (f"-{target}" if target else "")
         if key not in self._exports:
-            plan = load_plan(plan_path or self.cfg.plans_dir / f"{plan_name}.yaml", target=target) if plan_name else None
+            plan = load_plan(plan_path or shipped_plan(plan_name), target=target) if plan_name else None
             out = export_from_model(self.cfg.model_dir, self.cfg.build_dir / key, plan)
             self._exports[key] = out.qdq or out.fp32
         return self._exports[key]
@@ -140,9 +141,8 @@ def _ort_quantize_static_default(builds: Builds, cfg: BenchConfig) -> tuple[Runn
         out.parent.mkdir(parents=True, exist_ok=True)
         loaded = load_model(cfg.model_dir)
         spec = CalibrationSpec(method="minmax", num_images=128)
-        from vggt_deploy.export.pipeline import REPO_ROOT
 
-        images = calibration_tensors(spec, loaded.model.cfg.preprocess, REPO_ROOT)
+        images = calibration_tensors(spec, loaded.model.cfg.preprocess)
         queries = np.load(fp32.parent / "queries.npy")
         tmp = out.with_name(".model.qdq.onnx.tmp")
         quantize_static(str(fp32), str(tmp), TensorReader(images, "images", {"query_embeds": queries}))
@@ -155,9 +155,9 @@ def _trt(plan: str | None, int8: bool) -> Callable[[Builds, BenchConfig], tuple[
     """A TensorRT engine from the FP32 export (fp16) or a TensorRT-flavour QDQ export (int8 + fp16)."""
 
     def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-        from vggt_deploy.backends.trt_build import build_engine
-        from vggt_deploy.backends.trt_runner import TrtRunner
-        from vggt_deploy.backends.trt_settings import BuildOptions
+        from vggt_deploy.backends.tensorrt.build import build_engine
+        from vggt_deploy.backends.tensorrt.runner import TrtRunner
+        from vggt_deploy.backends.tensorrt.settings import BuildOptions
 
         onnx_path = builds.export(plan, cfg.mixed_plan if plan == "mixed" else None, target="tensorrt" if plan else None)
         name = f"trt-{plan or 'fp16'}"
@@ -236,7 +236,7 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
         target = available[name]
         backend_for(target.backend, cfg.device if target.backend == "tensorrt" else "cpu", target.precision)
     if any(available[n].backend == "tensorrt" for n in names):
-        from vggt_deploy.backends.trt_build import import_tensorrt
+        from vggt_deploy.backends.tensorrt.loader import import_tensorrt
 
         import_tensorrt()
     torch.set_num_threads(cfg.threads)

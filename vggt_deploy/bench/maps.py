@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import torch
 
-from vggt_deploy.bench.evaluate import query_embeddings
 from vggt_deploy.boxes import cxcywh_to_xywh
 from vggt_deploy.data.preprocess import preprocess
 from vggt_deploy.fileio import atomic_write_bytes
 from vggt_deploy.model.io import LoadedModel
+from vggt_deploy.model.queries import query_embeddings
 
 
 @torch.no_grad()

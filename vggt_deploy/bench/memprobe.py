@@ -24,11 +24,11 @@ def probe(spec: dict) -> float:
     feeds = {"images": np.zeros((spec["batch"], 3, size, size), np.float32),
              "query_embeds": np.zeros((queries, dim), np.float32)}
     if spec["backend"] == "torch":
-        from vggt_deploy.backends.torch_runner import TorchRunner
+        from vggt_deploy.backends.torch.runner import TorchRunner
 
         runner = TorchRunner(spec["path"], dynamic_int8=spec.get("dynamic_int8", False), threads=spec["threads"])
     else:
-        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 
         runner = OrtRunner(spec["path"], threads=spec["threads"])
     with runner:

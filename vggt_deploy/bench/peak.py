@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from vggt_deploy.backends.ort_session import make_session
+from vggt_deploy.backends.onnxruntime.session import make_session
 from vggt_deploy.bench.timing import time_alternating
 
 

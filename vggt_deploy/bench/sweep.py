@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vggt_deploy.backends.ort_runner import OrtRunner
+from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 from vggt_deploy.bench.timing import time_alternating
+from vggt_deploy.paths import shipped_plan
 
 BATCHES = (1, 2, 4, 8, 16)
 SIZES = (64, 96, 128, 192, 256)
@@ -52,20 +53,20 @@ def sweep_batch(fp32: Path, mixed: Path, queries: np.ndarray, size: int, threads
     return rows
 
 
-def sweep_resolution(model_dir: Path, plans_dir: Path, threads: int, rounds: int = 20) -> list[dict]:
+def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[dict]:
     import torch
 
-    from vggt_deploy.bench.evaluate import query_embeddings
+    from vggt_deploy.compile import export_from_model
     from vggt_deploy.data.vocabulary import category_names
-    from vggt_deploy.export.pipeline import export_from_model
     from vggt_deploy.model.config import VGGTConfig
     from vggt_deploy.model.io import load_model, save_model
+    from vggt_deploy.model.queries import query_embeddings
     from vggt_deploy.model.vggt import create_model
     from vggt_deploy.quant.plan import load_plan
 
     base = load_model(model_dir)
     queries = query_embeddings(base, category_names())
-    plan = load_plan(plans_dir / "int8.yaml")
+    plan = load_plan(shipped_plan("int8"))
     plan = replace(plan, calibration=replace(plan.calibration, num_images=16))  # latency only: ranges barely matter
     rows = []
     with tempfile.TemporaryDirectory(prefix="vggt-sweep.") as tmp:

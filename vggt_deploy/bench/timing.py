@@ -57,7 +57,7 @@ def time_onnx_files(
     All sessions live in this one process at once; their thread pools do not spin, so they do not steal
     cores from each other between calls.
     """
-    from vggt_deploy.backends.ort_runner import OrtRunner
+    from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 
     runners = {}
     try:

@@ -13,9 +13,7 @@ from pathlib import Path
 import click
 
 from vggt_deploy.errors import UserError
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "vggt_small"
-PLANS_DIR = DEFAULT_MODEL.parent / "plans"
+from vggt_deploy.paths import default_model_dir, plan_path
 
 
 class _Group(click.Group):
@@ -49,18 +47,15 @@ def main() -> None:
     """
 
 
+def plan_file(value: str | None) -> Path | None:
+    """A plan path, or a shipped plan's short name (`mixed` -> the package's plans/mixed.yaml)."""
+    return plan_path(value) if value is not None else None
 
 
-def _plan_path(value: str | None) -> Path | None:
-    """A plan path, or a shipped plan's short name (`mixed` -> models/plans/mixed.yaml)."""
-    if value is None:
-        return None
-    path = Path(value)
-    for shipped in (PLANS_DIR / f"{value}.yaml", PLANS_DIR / value):
-        if not path.exists() and shipped.exists():
-            # Relative to the working directory when possible: the path is echoed into reports and plans.
-            return shipped.relative_to(Path.cwd()) if shipped.is_relative_to(Path.cwd()) else shipped
-    return path
+def resolve_model(value: Path | None) -> Path:
+    """The model folder a command works on: `--model`, else the default model (see `vggt_deploy.paths`)."""
+    return value if value is not None else default_model_dir()
 
 
+MODEL_HELP = "Model folder (safetensors + config.json) [default: models/vggt_small, found as described in README]."
 TARGET_CHOICE = click.Choice(["tensorrt", "onnxruntime-cpu"])

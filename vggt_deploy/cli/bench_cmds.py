@@ -9,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from vggt_deploy.cli.app import DEFAULT_MODEL, PLANS_DIR, _command_line, _plan_path, main
+from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--plan", "plan_value", default=None, help="Plan for the ort-mixed target (default: models/plans/mixed.yaml).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "jetson"]), default="cpu", show_default=True,
               help="Device profile; cuda/jetson need the TensorRT targets.")
@@ -46,7 +46,8 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     if render_only:
         click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
         return
-    cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, plans_dir=PLANS_DIR, mixed_plan=_plan_path(plan_value),
+    model_dir = resolve_model(model_dir)
+    cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, mixed_plan=plan_file(plan_value),
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
                       batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
     if sweep is not None:
@@ -91,7 +92,7 @@ def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
         size = load_model(cfg.model_dir).model.cfg.image_size
         rows = sw.sweep_batch(fp32, mixed, np.load(fp32.parent / "queries.npy"), size, cfg.threads, cfg.rounds)
     else:
-        rows = sw.sweep_resolution(cfg.model_dir, cfg.plans_dir, cfg.threads, cfg.rounds)
+        rows = sw.sweep_resolution(cfg.model_dir, cfg.threads, cfg.rounds)
     results_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_dir / f"sweep_{kind}.json", json.dumps({"environment": environment(), "rows": rows}, indent=1) + "\n")
     table = sw.sweep_markdown(kind, rows)

@@ -21,7 +21,7 @@ from vggt_deploy.cli.app import main
 @click.option("--threads", type=click.IntRange(1), default=None, help="Intra-op threads to record for the session.")
 def build_ort(onnx_file: Path, output: Path, level: str, fmt: str, fusions: bool, threads: int | None) -> None:
     """Optimize an ONNX model offline for ONNX Runtime CPU, so an edge box loads it without re-optimizing."""
-    from vggt_deploy.backends.ort_build import build_ort as run
+    from vggt_deploy.backends.onnxruntime.build import build_ort as run
 
     settings = run(onnx_file, output, level=level, fmt=fmt, fusions=fusions, threads=threads)
     fused = ", ".join(f"{k} x{v}" for k, v in settings["transformer_fusions"].items()) or "none"

@@ -30,12 +30,12 @@ from vggt_deploy.cli.app import main
 def build_trt(onnx_file, int8, plan_value, fp16, workspace_mb, timing_cache, min_batch, opt_batch, max_batch, num_queries, dla_core,
               output) -> None:
     """Build a TensorRT 10.x/11.x engine; written atomically with a sidecar JSON (versions, GPU, hashes, flags)."""
-    from vggt_deploy.backends.trt_build import build_engine
-    from vggt_deploy.backends.trt_settings import BuildOptions
-    from vggt_deploy.cli.app import _plan_path
+    from vggt_deploy.backends.tensorrt.build import build_engine
+    from vggt_deploy.backends.tensorrt.settings import BuildOptions
+    from vggt_deploy.cli.app import plan_file
     from vggt_deploy.quant.plan import load_plan
 
-    plan = load_plan(_plan_path(plan_value), target="tensorrt") if plan_value else None
+    plan = load_plan(plan_file(plan_value), target="tensorrt") if plan_value else None
 
     options = BuildOptions(int8=int8, fp16=fp16, workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch,
                            max_batch=max_batch, num_queries=num_queries, dla_core=dla_core)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vggt_deploy.cli.app import DEFAULT_MODEL, TARGET_CHOICE, _plan_path, main
+from vggt_deploy.cli.app import TARGET_CHOICE, main, plan_file, resolve_model
 from vggt_deploy.errors import UserError
 
 
@@ -23,10 +23,10 @@ from vggt_deploy.errors import UserError
               show_default=True, help="Output folder.")
 def export(model_dir, onnx_file, plan_value, target, output) -> None:
     """Export to FP32 ONNX (checked against PyTorch); with --plan, calibrate and write model.qdq.onnx + report.json."""
-    from vggt_deploy.export.pipeline import export_from_model, export_from_onnx
+    from vggt_deploy.compile import export_from_model, export_from_onnx
     from vggt_deploy.quant.plan import load_plan
 
-    plan = load_plan(_plan_path(plan_value), target=target) if plan_value else None
+    plan = load_plan(plan_file(plan_value), target=target) if plan_value else None
     if onnx_file is not None:
         if model_dir is not None:
             raise UserError("give either --model or --onnx, not both")
@@ -34,7 +34,7 @@ def export(model_dir, onnx_file, plan_value, target, output) -> None:
             raise UserError("--onnx needs --plan (there is nothing to do to an ONNX file without one)")
         result = export_from_onnx(onnx_file, output, plan)
     else:
-        result = export_from_model(model_dir or DEFAULT_MODEL, output, plan)
+        result = export_from_model(resolve_model(model_dir), output, plan)
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.export_info["max_abs_diff_vs_torch"].items())
         click.echo(f"FP32 ONNX: {result.fp32} ({result.export_info['fp32_size_mb']:.1f} MB); ORT vs PyTorch max |diff|: {diffs}")
     if result.qdq is not None:
@@ -57,11 +57,11 @@ def plan() -> None:
 @click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target.")
 def plan_show(model_dir, onnx_file, plan_value, target) -> None:
     """Print the resolved per-layer table without building anything."""
-    from vggt_deploy.quant.layers import find_layers
+    from vggt_deploy.graph.layers import find_layers
     from vggt_deploy.quant.plan import load_plan
     from vggt_deploy.quant.qdq import partition
 
-    plan_ = load_plan(_plan_path(plan_value), target=target)
+    plan_ = load_plan(plan_file(plan_value), target=target)
     graph = _graph_for(model_dir, onnx_file)
     layers = find_layers(graph)
     resolved = plan_.resolve([l.name for l in layers])
@@ -80,7 +80,7 @@ def plan_show(model_dir, onnx_file, plan_value, target) -> None:
 
 def _graph_for(model_dir: Path | None, onnx_file: Path | None):
     """The FP32 graph whose layers a plan is resolved against (traced in memory for a model folder)."""
-    from vggt_deploy.export.onnx_export import load_onnx
+    from vggt_deploy.graph.onnx_io import load_onnx
 
     if onnx_file is not None:
         return load_onnx(onnx_file)
@@ -90,7 +90,7 @@ def _graph_for(model_dir: Path | None, onnx_file: Path | None):
     from vggt_deploy.export.onnx_export import simplify_keeping_scopes, trace_model
     from vggt_deploy.model.io import load_model
 
-    loaded = load_model(model_dir or DEFAULT_MODEL)
+    loaded = load_model(resolve_model(model_dir))
     cfg = loaded.model.cfg
     images = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
     queries = torch.zeros(2, cfg.ground_dim)
@@ -102,8 +102,8 @@ def _graph_for(model_dir: Path | None, onnx_file: Path | None):
 @click.option("--target", type=click.Choice(["tensorrt"]), default="tensorrt", show_default=True)
 def check(onnx_file: Path, target: str) -> None:
     """Check a QDQ ONNX file against TensorRT's rules; lists every violation (exit 1 if any)."""
-    from vggt_deploy.export.onnx_export import load_onnx
-    from vggt_deploy.quant.validate import validate_tensorrt
+    from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
+    from vggt_deploy.graph.onnx_io import load_onnx
 
     violations = validate_tensorrt(load_onnx(onnx_file))
     if violations:

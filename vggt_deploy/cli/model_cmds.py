@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vggt_deploy.cli.app import DEFAULT_MODEL, _command_line, main
+from vggt_deploy.cli.app import _command_line, main, resolve_model
 from vggt_deploy.errors import UserError
 
 
@@ -69,7 +69,7 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
 
 
 @main.command("eval")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="Model folder (model.safetensors, config.json, vocab.json); with --onnx it supplies the query encoder.")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate this ONNX file (FP32 or QDQ) with ONNX Runtime on the CPU instead of PyTorch.")
@@ -87,12 +87,13 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None,
     from vggt_deploy.data.coco import load_coco, synthetic_split
     from vggt_deploy.model.io import load_model
 
+    model_dir = resolve_model(model_dir)
     loaded = load_model(model_dir)
     infer = None
     if onnx_file is not None:
-        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.backends.onnxruntime.runner import OrtRunner
         from vggt_deploy.bench.evaluate import runner_infer
-        from vggt_deploy.export.onnx_export import get_metadata, load_onnx
+        from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
         meta = get_metadata(load_onnx(onnx_file))
         if meta.get("vggt.config_hash") != loaded.model.cfg.config_hash():
@@ -129,7 +130,7 @@ if __name__ == "__main__":
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
               help="Model folder (runs in PyTorch; with --onnx it supplies the tokenizer and query encoder).")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Run this ONNX file with ONNX Runtime.")
 @click.option("--engine", "engine_file", type=click.Path(path_type=Path), default=None,
@@ -144,20 +145,21 @@ def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> Non
     from vggt_deploy.infer import ground, write_outputs
     from vggt_deploy.model.io import load_model
 
+    model_dir = resolve_model(model_dir)
     loaded = load_model(model_dir)
     image = read_image(image_path)
     if onnx_file is not None and engine_file is not None:
         raise UserError("give --onnx or --engine, not both")
     if engine_file is not None:
-        from vggt_deploy.backends.trt_runner import TrtRunner
+        from vggt_deploy.backends.tensorrt.runner import TrtRunner
 
         runner = TrtRunner(engine_file, name=engine_file.name)
     elif onnx_file is not None:
-        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 
         runner = OrtRunner(onnx_file, name=onnx_file.name)
     else:
-        from vggt_deploy.backends.torch_runner import TorchRunner
+        from vggt_deploy.backends.torch.runner import TorchRunner
 
         runner = TorchRunner(model_dir)
     with runner:
@@ -169,7 +171,7 @@ def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> Non
 
 
 @main.command()
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--image", "image_path", type=click.Path(path_type=Path), default=None,
               help="Image to explain (default: the first eval-split scene).")
 @click.option("--query", "-q", "queries", multiple=True, help="Queries (default: the image's referring expressions).")
@@ -181,6 +183,7 @@ def maps(model_dir, image_path, queries, output) -> None:
     from vggt_deploy.data.preprocess import read_image
     from vggt_deploy.model.io import load_model
 
+    model_dir = resolve_model(model_dir)
     loaded = load_model(model_dir)
     if image_path is None:
         from vggt_deploy.data.coco import load_coco, synthetic_split

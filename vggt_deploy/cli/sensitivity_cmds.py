@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
-from vggt_deploy.cli.app import DEFAULT_MODEL, TARGET_CHOICE, _command_line, _plan_path, main
+from vggt_deploy.cli.app import TARGET_CHOICE, _command_line, main, plan_file, resolve_model
 from vggt_deploy.cli.export_cmds import plan
 
 _COMMON = [
-    click.option("--model", "model_dir", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
+    click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
                  help="Model folder."),
     click.option("--plan", "plan_value", default="int8", show_default=True,
                  help="Base plan (path or shipped name): what a quantized unit becomes."),
@@ -41,11 +41,11 @@ def _common(fn):
 
 def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir):
     from vggt_deploy.quant.plan import load_plan
-    from vggt_deploy.quant.variants import Workbench
+    from vggt_deploy.tuning.variants import Workbench
 
-    base = load_plan(_plan_path(plan_value), target=target)
+    base = load_plan(plan_file(plan_value), target=target)
     names = [n.strip() for n in unit_names.split(",") if n.strip()]
-    return Workbench(model_dir, base, work_dir, unit_kind=unit_kind, units=names, data_dir=data_dir,
+    return Workbench(resolve_model(model_dir), base, work_dir, unit_kind=unit_kind, units=names, data_dir=data_dir,
                      eval_images=eval_images)
 
 
@@ -67,8 +67,8 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
     Writes a ranked table (printed, JSON, Markdown) and a bar chart. The
     calibration range cache is shared with `export`, so no unit recalibrates.
     """
-    from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
-    from vggt_deploy.quant.sensitivity_report import markdown, write_sensitivity
+    from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
+    from vggt_deploy.tuning.sensitivity_report import markdown, write_sensitivity
 
     bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
     if list_units:
@@ -98,9 +98,9 @@ def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval
     Exit status 1 (with the best plan found still written) when no plan meets the budget.
     """
     from vggt_deploy.fileio import atomic_write_text
-    from vggt_deploy.quant.auto_plan import AutoConfig, auto_plan
-    from vggt_deploy.quant.sensitivity import SensitivityConfig
-    from vggt_deploy.quant.sensitivity_report import auto_markdown, write_sensitivity
+    from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan
+    from vggt_deploy.tuning.sensitivity import SensitivityConfig
+    from vggt_deploy.tuning.sensitivity_report import auto_markdown, write_sensitivity
 
     bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
     cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,

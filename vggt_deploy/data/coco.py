@@ -23,6 +23,7 @@ from vggt_deploy.data.preprocess import read_image
 from vggt_deploy.data.scenes import SPLIT_SEEDS, Scene, SceneConfig, generate_scene, object_area, scene_config_dict
 from vggt_deploy.data.vocabulary import SHAPES, category_id, category_names
 from vggt_deploy.errors import UserError
+from vggt_deploy.paths import cache_dir
 
 
 @dataclass
@@ -209,11 +210,6 @@ def write_split(out_dir: str | Path, split: str, num_images: int, cfg: SceneConf
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def cache_dir() -> Path:
-    """Where generated splits are kept (override with VGGT_DEPLOY_CACHE)."""
-    return Path(os.environ.get("VGGT_DEPLOY_CACHE", Path.home() / ".cache" / "vggt-deploy"))
 
 
 def synthetic_split(split: str, num_images: int, cfg: SceneConfig = SceneConfig()) -> Path:

@@ -9,25 +9,20 @@ against PyTorch, and write atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from vggt_deploy.errors import UserError
+from vggt_deploy.graph.onnx_io import SCOPES_KEY, set_metadata
 from vggt_deploy.model.io import LoadedModel
 from vggt_deploy.model.layers import Attention
 from vggt_deploy.model.vggt import OUTPUT_NAMES
 
 OPSET = 18  # LayerNormalization needs 17+; TensorRT 10.3 (JetPack 6) and ONNX Runtime both parse 18
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 INPUT_NAMES = ("images", "query_embeds")
-TWO_GB = 2**31
 
 
 @dataclass
@@ -62,19 +57,6 @@ def model_metadata(loaded: LoadedModel, extra: dict[str, str] | None = None) -> 
     return meta | (extra or {})
 
 
-def set_metadata(model: onnx.ModelProto, meta: dict[str, str]) -> None:
-    existing = {p.key: p for p in model.metadata_props}
-    for key, value in meta.items():
-        if key in existing:
-            existing[key].value = value
-        else:
-            model.metadata_props.add(key=key, value=value)
-
-
-def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def trace_model(model: torch.nn.Module, images: torch.Tensor, queries: torch.Tensor) -> onnx.ModelProto:
     """The dynamo export of the VGGT contract (dynamic batch and query count), unsimplified."""
     batch, num_q = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("num_queries", min=1, max=4096)
@@ -102,42 +84,11 @@ def simplify_keeping_scopes(model: onnx.ModelProto) -> onnx.ModelProto:
     return slim
 
 
-def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Write atomically; weights go to external data above 2 GB."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        if model.ByteSize() >= TWO_GB:
-            onnx.save(model, tmp, save_as_external_data=True, location=path.name + ".data")
-        else:
-            onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file, turning every failure into a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: ONNX file not found")
-    try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises many types (DecodeError, ValidationError, OSError)
-        raise UserError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from None
-    return model
-
-
 def compare_with_torch(
     model: torch.nn.Module, onnx_model: onnx.ModelProto, images: np.ndarray, queries: np.ndarray, tolerance: float = 1e-4
 ) -> ExportCheck:
     """Run ONNX Runtime (CPU) and PyTorch on the same inputs; max |difference| per output."""
-    from vggt_deploy.backends.ort_session import make_session
+    from vggt_deploy.backends.onnxruntime.session import make_session
 
     session = make_session(onnx_model.SerializeToString())
     ort_out = session.run(list(OUTPUT_NAMES), {"images": images, "query_embeds": queries})

@@ -10,7 +10,6 @@ and the plan's calibration section, so changing a rule never recalibrates.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from tqdm import tqdm
 from vggt_deploy.data.calib_set import MANIFEST, calibration_files
 from vggt_deploy.data.preprocess import PreprocessConfig, preprocess, read_image
 from vggt_deploy.errors import UserError
-from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.paths import resource
 from vggt_deploy.quant.plan import CalibrationSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -40,10 +39,14 @@ def _list_images(source: Path) -> list[Path]:
     return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig, root: Path = Path(".")) -> np.ndarray:
-    """Load `spec.num_images` preprocessed calibration inputs (N, 3, H, W) float32."""
+def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig) -> np.ndarray:
+    """Load `spec.num_images` preprocessed calibration inputs (N, 3, H, W) float32.
+
+    Relative paths are found through `vggt_deploy.paths.resource` (working directory,
+    VGGT_DEPLOY_HOME, source checkout).
+    """
     if spec.input.npy_dir:
-        folder = (root / spec.input.npy_dir).resolve()
+        folder = resource(spec.input.npy_dir).resolve()
         if not folder.is_dir():
             raise UserError(f"{folder}: calibration .npy folder not found")
         files = sorted(folder.glob("*.npy"))[: spec.num_images]
@@ -55,7 +58,7 @@ def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig, root: Path 
             except (ValueError, OSError) as exc:
                 raise UserError(f"{f}: not a readable .npy tensor ({exc})") from None
         return np.stack(arrays)
-    source = (root / spec.images).resolve() if not Path(spec.images).is_absolute() else Path(spec.images)
+    source = resource(spec.images).resolve()
     files = _list_images(source)[: spec.num_images]
     _enough(files, spec.num_images, source)
     out = np.empty((len(files), 3, pp.size, pp.size), np.float32)
@@ -146,7 +149,3 @@ def cache_path(cache_dir: Path, fp32_bytes: bytes, spec: CalibrationSpec) -> Pat
     cache_dir.mkdir(parents=True, exist_ok=True)
     bins = f"_bins{ENTROPY_BINS}" if spec.method == "entropy" else ""  # caches of the degenerate 128-bin search differ
     return cache_dir / f"ranges_{model_hash}_{spec.cache_key()}{bins}.json"
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.export.onnx_export import set_metadata
+from vggt_deploy.graph.layers import QUANT_OPS, Layer, find_layers
+from vggt_deploy.graph.onnx_io import set_metadata
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
-from vggt_deploy.quant.layers import QUANT_OPS, Layer, find_layers
 from vggt_deploy.quant.plan import QdqPlan, Resolved
 
 

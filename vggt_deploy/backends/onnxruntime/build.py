@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from vggt_deploy.backends.ort_session import import_ort, session_options
+from vggt_deploy.backends.onnxruntime.session import import_ort, session_options
 from vggt_deploy.errors import UserError
 from vggt_deploy.fileio import atomic_write_text
 
@@ -38,7 +38,7 @@ def build_ort(onnx_file: Path, out: Path, level: str = "extended", fmt: str = "o
               threads: int | None = None) -> dict:
     """Write the optimized model to `out` (atomically) and `out`.json with its settings; returns them."""
     ort = import_ort()
-    from vggt_deploy.export.onnx_export import get_metadata, load_onnx
+    from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
     if level not in LEVELS:
         raise UserError(f"--level must be one of {', '.join(LEVELS)}")

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path("bench") / "results"  # the checkout's recorded results, relative to where the scripts run
 
 
 def eval_variants(model_dir: Path, variants: dict[str, str | None], work: Path, eval_images: int = 1000,
                   data_dir: Path | None = None, rounds: int = 30) -> dict:
     """Score each variant (label -> plan YAML text, None for FP32) of one model; flat dict of results."""
-    from vggt_deploy.backends.ort_runner import OrtRunner
+    from vggt_deploy.backends.onnxruntime.runner import OrtRunner
     from vggt_deploy.bench.evaluate import evaluate, runner_infer
+    from vggt_deploy.compile import export_from_model
     from vggt_deploy.data.coco import load_coco, synthetic_split
-    from vggt_deploy.export.pipeline import export_from_model
     from vggt_deploy.model.io import load_model
     from vggt_deploy.quant.plan import parse_plan
 
@@ -81,18 +80,19 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_table(stem: str, rows: list[dict], columns: list[tuple[str, str]], note: str = "") -> str:
-    """bench/results/<stem>.json (rows + note + environment) and <stem>.md; returns the Markdown."""
+def write_table(stem: str, rows: list[dict], columns: list[tuple[str, str]], note: str = "",
+                results: Path = RESULTS) -> str:
+    """<results>/<stem>.json (rows + note + environment) and <stem>.md; returns the Markdown."""
     from vggt_deploy.bench.report import environment
     from vggt_deploy.fileio import atomic_write_text
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULTS / f"{stem}.json",
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results / f"{stem}.json",
                       json.dumps({"note": note, "environment": environment(), "rows": rows}, indent=1) + "\n")
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(k, "-")) for k, _ in columns) + " |")
     text = "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
-    atomic_write_text(RESULTS / f"{stem}.md", text)
+    atomic_write_text(results / f"{stem}.md", text)
     print(text)
     return text

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from vggt_deploy.export.onnx_export import SCOPES_KEY
+from vggt_deploy.graph.onnx_io import SCOPES_KEY
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
 # Modules whose two activation matmuls are Q·Kᵀ then attention·V.

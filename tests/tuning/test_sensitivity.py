@@ -8,12 +8,12 @@ from click.testing import CliRunner
 
 from vggt_deploy.cli import main
 from vggt_deploy.errors import UserError
-from vggt_deploy.quant.auto_plan import AutoConfig, auto_plan, choose, predicted_drop
 from vggt_deploy.quant.plan import parse_plan
-from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
-from vggt_deploy.quant.sensitivity_report import write_sensitivity
-from vggt_deploy.quant.units import ATTENTION_UNIT, select_units
-from vggt_deploy.quant.variants import Workbench
+from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan, choose, predicted_drop
+from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
+from vggt_deploy.tuning.sensitivity_report import write_sensitivity
+from vggt_deploy.tuning.units import ATTENTION_UNIT, select_units
+from vggt_deploy.tuning.variants import Workbench
 
 BASE = """\
 version: 1
@@ -50,7 +50,7 @@ def test_units_cover_the_model_and_plans_do_what_they_say(bench):
 def test_tensorrt_flavour_variants_pass_tensorrt_rules(tiny_model_dir, tiny_data, tmp_path):
     import onnx
 
-    from vggt_deploy.quant.validate import validate_tensorrt
+    from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
 
     trt = Workbench(tiny_model_dir, parse_plan(BASE, "base.yaml", target="tensorrt"), tmp_path, data_dir=tiny_data,
                     cache_dir=tmp_path / "cache")
@@ -61,7 +61,7 @@ def test_tensorrt_flavour_variants_pass_tensorrt_rules(tiny_model_dir, tiny_data
 
 def test_layer_units_select_exactly_their_layer(bench):
     from vggt_deploy.quant.plan import Rule
-    from vggt_deploy.quant.units import model_units
+    from vggt_deploy.tuning.units import model_units
 
     units = model_units(bench.layers, "layer")
     assert [u.name for u in units] == bench.layer_names

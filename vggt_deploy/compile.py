@@ -24,12 +24,12 @@ import onnx
 
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
-from vggt_deploy.export.onnx_export import OPSET, export_model, load_onnx, save_onnx, set_metadata
-from vggt_deploy.fileio import atomic_write_bytes
-from vggt_deploy.quant.calibrate import calibration_tensors, write_json_atomic
+from vggt_deploy.export.onnx_export import OPSET, export_model
+from vggt_deploy.fileio import atomic_write_bytes, atomic_write_json
+from vggt_deploy.graph.onnx_io import load_onnx, save_onnx, set_metadata
+from vggt_deploy.paths import calibration_cache_dir
+from vggt_deploy.quant.calibrate import calibration_tensors
 from vggt_deploy.quant.plan import QdqPlan
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -40,37 +40,26 @@ class ExportOutputs:
     export_info: dict
 
 
-def _default_cache() -> Path:
-    from vggt_deploy.data.coco import cache_dir
-
-    return cache_dir() / "calibration"
-
-
-def _calib_root(images: str) -> Path:
-    """Relative calibration paths are taken from the working directory, else from the repository."""
-    return Path(".") if Path(images).exists() else REPO_ROOT
-
-
 def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = None, cache_dir: Path | None = None) -> ExportOutputs:
     """Export the model in `model_dir`; quantize with `plan` when given."""
-    from vggt_deploy.bench.evaluate import query_embeddings
     from vggt_deploy.data.vocabulary import category_names
     from vggt_deploy.model.io import load_model
+    from vggt_deploy.model.queries import query_embeddings
 
     loaded = load_model(model_dir)
     pp = loaded.model.cfg.preprocess
     calib_spec = plan.calibration if plan else None
     if calib_spec is not None:
-        calib = calibration_tensors(calib_spec, pp, _calib_root(calib_spec.images))
+        calib = calibration_tensors(calib_spec, pp)
     else:
         from vggt_deploy.quant.plan import CalibrationSpec
 
-        calib = calibration_tensors(CalibrationSpec(num_images=2), pp, REPO_ROOT)
+        calib = calibration_tensors(CalibrationSpec(num_images=2), pp)
     texts = category_names()
     queries = query_embeddings(loaded, texts)
     fp32, check = export_model(loaded, calib[:2], queries)
     if plan is not None:  # a plan written for another model fails here, before any file is written
-        from vggt_deploy.quant.layers import find_layers
+        from vggt_deploy.graph.layers import find_layers
 
         plan.resolve([layer.name for layer in find_layers(fp32)])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +72,7 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
     if plan is not None:
         qdq_path, report = _quantize(fp32, plan, calib, {"query_embeds": queries}, "images", out_dir, cache_dir)
         info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
-    write_json_atomic(out_dir / "export.json", info)
+    atomic_write_json(out_dir / "export.json", info)
     return ExportOutputs(fp32_path, qdq_path, report, info)
 
 
@@ -102,13 +91,13 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
                         "export such models with `vggt-deploy export --model` or supply a single-input model")
     size = spec.size or _static_side(model, name, onnx_file)
     pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
-    calib = calibration_tensors(plan.calibration, pp, _calib_root(plan.calibration.images))
+    calib = calibration_tensors(plan.calibration, pp)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
                                                         "channel_order": spec.channel_order, "layout": "NCHW"})})
     qdq_path, report = _quantize(model, plan, calib, {}, name, out_dir, cache_dir)
     info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
-    write_json_atomic(out_dir / "export.json", info)
+    atomic_write_json(out_dir / "export.json", info)
     return ExportOutputs(Path(onnx_file), qdq_path, report, info)
 
 
@@ -121,17 +110,17 @@ def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
 
 
 def _quantize(fp32, plan, calib, feeds, image_input, out_dir, cache_dir):
+    from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
     from vggt_deploy.quant.qdq import quantize
-    from vggt_deploy.quant.validate import validate_tensorrt
 
-    result = quantize(fp32, plan, calib, feeds, image_input, cache_dir or _default_cache())
+    result = quantize(fp32, plan, calib, feeds, image_input, cache_dir or calibration_cache_dir())
     if plan.target == "tensorrt":
         violations = validate_tensorrt(result.model)
         if violations:
             raise RuntimeError("TensorRT-flavour QDQ model breaks TensorRT rules:\n  " + "\n  ".join(violations))
         result.report["tensorrt_validation"] = "passed"
     qdq_path = save_onnx(result.model, out_dir / "model.qdq.onnx")
-    write_json_atomic(out_dir / "report.json", result.report)
+    atomic_write_json(out_dir / "report.json", result.report)
     return qdq_path, result.report
 
 
@@ -139,4 +128,4 @@ def _save_queries(out_dir: Path, texts: list[str], queries: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, queries.astype(np.float32), allow_pickle=False)
     atomic_write_bytes(out_dir / "queries.npy", buf.getvalue())
-    write_json_atomic(out_dir / "queries.json", {"texts": texts})
+    atomic_write_json(out_dir / "queries.json", {"texts": texts})

@@ -1,6 +1,6 @@
 """Which units to keep in higher precision: measured, one unit at a time, both ways.
 
-For every unit (see `vggt_deploy.quant.units`) two variants are built from the
+For every unit (see `vggt_deploy.tuning.units`) two variants are built from the
 base plan and scored on a subset of the eval split:
 
 - *only*: this unit quantized, every other unit float. Its damage (mAP points
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from vggt_deploy.quant.variants import METRICS, Workbench
+from vggt_deploy.tuning.variants import METRICS, Workbench
 
 
 @dataclass(frozen=True)

@@ -14,35 +14,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vggt_deploy.backends.trt_settings import BuildOptions, plan_build
+from vggt_deploy.backends.tensorrt.loader import gpu_identity, import_tensorrt
+from vggt_deploy.backends.tensorrt.settings import BuildOptions, plan_build
 from vggt_deploy.errors import UserError
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise UserError("TensorRT is not installed: `pip install .[trt]` on a machine with NVIDIA's wheels, "
-                        "or use the docker/Dockerfile.gpu or Dockerfile.jetson image") from None
-    return tensorrt
-
-
-def gpu_identity() -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') via pycuda."""
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-        import pycuda.driver as cuda
-    except ImportError:
-        raise UserError("pycuda is not installed: `pip install .[trt]` (needs the CUDA toolkit) or use the Docker image") from None
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    return device.name(), f"{major}.{minor}"
 
 
 def layer_precisions(model, plan=None) -> dict[str, str]:
     """Per-layer precision: from `plan` resolved on this graph, else from the export's metadata."""
-    from vggt_deploy.export.onnx_export import get_metadata
-    from vggt_deploy.quant.layers import find_layers
+    from vggt_deploy.graph.layers import find_layers
+    from vggt_deploy.graph.onnx_io import get_metadata
 
     if plan is not None:
         names = [layer.name for layer in find_layers(model)]
@@ -54,11 +34,11 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
                  plan=None) -> dict:
     """Build and write `engine` and its sidecar; returns the sidecar."""
 
-    from vggt_deploy.backends.trt_rewrite import to_fp16
-    from vggt_deploy.backends.trt_sidecar import make_sidecar, write_engine
-    from vggt_deploy.export.onnx_export import get_metadata, load_onnx
-    from vggt_deploy.quant.layers import find_layers
-    from vggt_deploy.quant.validate import validate_tensorrt
+    from vggt_deploy.backends.tensorrt.rewrite import to_fp16
+    from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
+    from vggt_deploy.backends.tensorrt.sidecar import make_sidecar, write_engine
+    from vggt_deploy.graph.layers import find_layers
+    from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
     model = load_onnx(onnx_file)
     violations = validate_tensorrt(model)

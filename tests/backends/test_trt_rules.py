@@ -1,7 +1,7 @@
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from vggt_deploy.quant.validate import validate_tensorrt
+from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
 
 
 def _graph(zp_dtype=np.int8, zp_value=0, consumer="MatMul", axis=1, opset=18):

@@ -17,8 +17,9 @@ import numpy as np
 import onnx
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.plan import QdqPlan
-from vggt_deploy.quant.units import model_units, quantizable_units, select_units, unit_plan
+from vggt_deploy.tuning.units import model_units, quantizable_units, select_units, unit_plan
 
 METRICS = ("map", "output-error")
 
@@ -30,7 +31,7 @@ class Workbench:
         model_dir: a model folder (safetensors + config).
         base: the plan whose per-layer choices a quantized unit takes.
         work_dir: where the FP32 export and the variant QDQ files go.
-        unit_kind: ``block`` or ``layer`` (see `vggt_deploy.quant.units`).
+        unit_kind: ``block`` or ``layer`` (see `vggt_deploy.tuning.units`).
         units: restrict the analysis to these unit names (empty: all quantizable units).
         data_dir: COCO folder to evaluate on (default: the synthetic eval split).
         eval_images: size of the eval split when it is generated.
@@ -40,12 +41,12 @@ class Workbench:
     def __init__(self, model_dir: Path, base: QdqPlan, work_dir: Path, unit_kind: str = "block",
                  units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
                  cache_dir: Path | None = None) -> None:
-        from vggt_deploy.export.pipeline import _default_cache, export_from_model
+        from vggt_deploy.compile import export_from_model
+        from vggt_deploy.graph.layers import find_layers
         from vggt_deploy.model.io import load_model
-        from vggt_deploy.quant.layers import find_layers
 
         self.base, self.work_dir, self.unit_kind = base, Path(work_dir), unit_kind
-        self.cache_dir = cache_dir or _default_cache()
+        self.cache_dir = cache_dir or calibration_cache_dir()
         self.loaded = load_model(model_dir)
         exported = export_from_model(Path(model_dir), self.work_dir / "fp32")
         self.fp32_path = exported.fp32
@@ -64,11 +65,10 @@ class Workbench:
     @functools.cached_property
     def calib(self) -> np.ndarray:
         """Calibration inputs of the base plan (loaded on first use; a range-cache hit never reads them)."""
-        from vggt_deploy.export.pipeline import _calib_root
         from vggt_deploy.quant.calibrate import calibration_tensors
 
         spec = self.base.calibration
-        return calibration_tensors(spec, self.loaded.model.cfg.preprocess, _calib_root(spec.images))
+        return calibration_tensors(spec, self.loaded.model.cfg.preprocess)
 
     @functools.cached_property
     def _ranges_file(self) -> Path:
@@ -118,9 +118,9 @@ class Workbench:
 
     def _quantize(self, plan: QdqPlan, path: Path) -> Path:
         """Quantize the FP32 export with `plan`, check TensorRT's rules for that flavour, save to `path`."""
-        from vggt_deploy.export.onnx_export import save_onnx
+        from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
+        from vggt_deploy.graph.onnx_io import save_onnx
         from vggt_deploy.quant.qdq import quantize
-        from vggt_deploy.quant.validate import validate_tensorrt
 
         result = quantize(self.fp32, plan, self._calibration(), {"query_embeds": self.queries}, "images",
                           self.cache_dir)
@@ -132,7 +132,7 @@ class Workbench:
 
     def evaluate(self, path: Path, limit: int | None) -> dict:
         """Grounding metrics of an ONNX file on the first `limit` eval images (all when None)."""
-        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.backends.onnxruntime.runner import OrtRunner
         from vggt_deploy.bench.evaluate import evaluate, runner_infer
 
         with OrtRunner(path, name=path.stem) as runner:
@@ -149,7 +149,7 @@ class Workbench:
         return 100.0 * float(np.mean(errors))
 
     def _outputs(self, path: Path, limit: int) -> list[np.ndarray]:
-        from vggt_deploy.backends.ort_runner import OrtRunner
+        from vggt_deploy.backends.onnxruntime.runner import OrtRunner
         from vggt_deploy.data.preprocess import preprocess
 
         if path == self.fp32_path and limit in self._reference:

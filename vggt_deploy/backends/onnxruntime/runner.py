@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vggt_deploy.backends.base import Runner
-from vggt_deploy.backends.ort_session import import_ort, make_session
+from vggt_deploy.backends.onnxruntime.session import import_ort, make_session
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
            "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32), "tensor(uint8)": np.dtype(np.uint8)}
@@ -33,7 +33,7 @@ class OrtRunner(Runner):
         if self.providers == ["CPUExecutionProvider"]:
             self.session = make_session(self.path, threads=self.threads)
         else:
-            from vggt_deploy.backends.ort_session import session_options
+            from vggt_deploy.backends.onnxruntime.session import session_options
 
             ort = import_ort()
             self.session = ort.InferenceSession(str(self.path), session_options(self.threads), providers=self.providers)

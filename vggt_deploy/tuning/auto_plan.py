@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vggt_deploy.fileio import atomic_write_text
-from vggt_deploy.quant.sensitivity import SensitivityConfig, run_sensitivity
-from vggt_deploy.quant.variants import Workbench
+from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
+from vggt_deploy.tuning.variants import Workbench
 
 SAVING_KEY = {"latency": "latency_saving_ms", "size": "size_saving_mb"}  # objective -> measured per-unit saving
 EXHAUSTIVE_UNITS = 16

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import yaml
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.quant.layers import Layer
+from vggt_deploy.graph.layers import Layer
 from vggt_deploy.quant.plan import QdqPlan, Rule, parse_plan
 
 UNIT_KINDS = ("block", "layer")

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vggt_deploy.backends.base import Runner
-from vggt_deploy.backends.trt_build import gpu_identity, import_tensorrt
-from vggt_deploy.backends.trt_sidecar import check_sidecar, read_sidecar
+from vggt_deploy.backends.tensorrt.loader import gpu_identity, import_tensorrt
+from vggt_deploy.backends.tensorrt.sidecar import check_sidecar, read_sidecar
 
 
 class TrtRunner(Runner):
