@@ -30,6 +30,7 @@ from vggt_deploy.graph.onnx_io import load_onnx, save_onnx, set_metadata
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.calibrate import calibration_tensors
 from vggt_deploy.quant.plan import QdqPlan
+from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
 
 
 @dataclass
@@ -58,10 +59,8 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
     texts = category_names()
     queries = query_embeddings(loaded, texts)
     fp32, check = export_model(loaded, calib[:2], queries)
-    if plan is not None:  # a plan written for another model fails here, before any file is written
-        from vggt_deploy.graph.layers import find_layers
-
-        plan.resolve([layer.name for layer in find_layers(fp32)])
+    # Resolved once; a plan written for another model fails here, before any file is written.
+    resolved = resolve_plan(plan, fp32) if plan is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32_path = save_onnx(fp32, out_dir / "model.onnx")
     _save_queries(out_dir, texts, queries)
@@ -70,7 +69,7 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
             "num_nodes": len(fp32.graph.node)}
     qdq_path, report = None, None
     if plan is not None:
-        qdq_path, report = _quantize(fp32, plan, calib, {"query_embeds": queries}, "images", out_dir, cache_dir)
+        qdq_path, report = _quantize(fp32, resolved, calib, {"query_embeds": queries}, "images", out_dir, cache_dir)
         info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
     atomic_write_json(out_dir / "export.json", info)
     return ExportOutputs(fp32_path, qdq_path, report, info)
@@ -91,11 +90,12 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
                         "export such models with `vggt-deploy export --model` or supply a single-input model")
     size = spec.size or _static_side(model, name, onnx_file)
     pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
+    resolved = resolve_plan(plan, model)
     calib = calibration_tensors(plan.calibration, pp)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
                                                         "channel_order": spec.channel_order, "layout": "NCHW"})})
-    qdq_path, report = _quantize(model, plan, calib, {}, name, out_dir, cache_dir)
+    qdq_path, report = _quantize(model, resolved, calib, {}, name, out_dir, cache_dir)
     info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
     atomic_write_json(out_dir / "export.json", info)
     return ExportOutputs(Path(onnx_file), qdq_path, report, info)
@@ -109,12 +109,12 @@ def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
     return dims[2]
 
 
-def _quantize(fp32, plan, calib, feeds, image_input, out_dir, cache_dir):
+def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir):
     from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
     from vggt_deploy.quant.qdq import quantize
 
-    result = quantize(fp32, plan, calib, feeds, image_input, cache_dir or calibration_cache_dir())
-    if plan.target == "tensorrt":
+    result = quantize(fp32, resolved, calib, feeds, image_input, cache_dir or calibration_cache_dir())
+    if resolved.plan.target == "tensorrt":
         violations = validate_tensorrt(result.model)
         if violations:
             raise RuntimeError("TensorRT-flavour QDQ model breaks TensorRT rules:\n  " + "\n  ".join(violations))

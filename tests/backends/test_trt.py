@@ -138,11 +138,12 @@ def test_build_and_run_an_int8_engine(tiny_model_dir, tiny_plan_text, tmp_path):
 def test_a_plan_given_to_build_trt_overrides_the_recorded_precisions(tiny_export):
     from vggt_deploy.backends.tensorrt.build import layer_precisions
     from vggt_deploy.quant.plan import parse_plan
+    from vggt_deploy.quant.resolved import resolve_plan
 
     model = onnx.load(str(tiny_export.fp32))
     plan = parse_plan("version: 1\ntarget: tensorrt\ndefault: {precision: fp16}\nrules:\n  - match: 'heads.*'\n"
                       "    precision: fp32\n")
-    precisions = layer_precisions(model, plan)
+    precisions = resolve_plan(plan, model).requested_precisions()
     assert precisions["heads.cls.fc"] == "fp32" and precisions["blocks.0.attn.q"] == "fp16"
     assert layer_precisions(model) == {}  # an FP32 export records none
 

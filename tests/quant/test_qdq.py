@@ -12,7 +12,8 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import find_layers
 from vggt_deploy.quant.calibrate import calibration_tensors
 from vggt_deploy.quant.plan import parse_plan
-from vggt_deploy.quant.qdq import partition, quantize
+from vggt_deploy.quant.qdq import quantize
+from vggt_deploy.quant.resolved import resolve_plan
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def _quantize(tiny_export, text, calib, cache, target=None):
     fp32 = onnx.load(str(tiny_export.fp32))
     plan = parse_plan(text, "tiny.yaml", target=target)
     queries = np.load(tiny_export.fp32.parent / "queries.npy")
-    return fp32, plan, quantize(fp32, plan, calib, {"query_embeds": queries}, "images", cache), queries
+    return fp32, plan, quantize(fp32, resolve_plan(plan, fp32), calib, {"query_embeds": queries}, "images", cache), queries
 
 
 def _weight_dq(model):
@@ -45,8 +46,7 @@ def _run(model, queries, batch=2, seed=0):
 @pytest.mark.parametrize("target", ["onnxruntime-cpu", "tensorrt"])
 def test_qdq_counts_follow_the_plan(tiny_export, tiny_plan_text, calib, tmp_path, target):
     fp32, plan, result, queries = _quantize(tiny_export, tiny_plan_text, calib, tmp_path, target)
-    layers = find_layers(fp32)
-    static, _, _ = partition(layers, plan.resolve([l.name for l in layers]))
+    static, _, _ = resolve_plan(plan, fp32).partition()
     weight_layers = [l for l in static if l.weight]
     ops = Counter(n.op_type for n in result.model.graph.node)
     # One weight DequantizeLinear per quantized weight layer; activations get a Q/DQ pair each.

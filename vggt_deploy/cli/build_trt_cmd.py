@@ -33,11 +33,17 @@ def build_trt(onnx_file, int8, plan_value, fp16, workspace_mb, timing_cache, min
     from vggt_deploy.backends.tensorrt.build import build_engine
     from vggt_deploy.backends.tensorrt.settings import BuildOptions
     from vggt_deploy.cli.app import plan_file
+    from vggt_deploy.graph.onnx_io import load_onnx
     from vggt_deploy.quant.plan import load_plan
+    from vggt_deploy.quant.resolved import resolve_plan
 
-    plan = load_plan(plan_file(plan_value), target="tensorrt") if plan_value else None
+    precisions, plan_hash = None, None
+    if plan_value:  # resolved once, on the graph being built
+        plan = load_plan(plan_file(plan_value), target="tensorrt")
+        precisions = resolve_plan(plan, load_onnx(onnx_file)).requested_precisions()
+        plan_hash = plan.plan_hash()
 
     options = BuildOptions(int8=int8, fp16=fp16, workspace_mb=workspace_mb, min_batch=min_batch, opt_batch=opt_batch,
                            max_batch=max_batch, num_queries=num_queries, dla_core=dla_core)
-    sidecar = build_engine(onnx_file, output, options, timing_cache, plan=plan)
+    sidecar = build_engine(onnx_file, output, options, timing_cache, precisions=precisions, plan_hash=plan_hash)
     click.echo(f"wrote {output} (TensorRT {sidecar['tensorrt']}, {sidecar['gpu']}, flags {sidecar['build']['flags']})")

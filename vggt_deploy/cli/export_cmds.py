@@ -57,25 +57,19 @@ def plan() -> None:
 @click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target.")
 def plan_show(model_dir, onnx_file, plan_value, target) -> None:
     """Print the resolved per-layer table without building anything."""
-    from vggt_deploy.graph.layers import find_layers
     from vggt_deploy.quant.plan import load_plan
-    from vggt_deploy.quant.qdq import partition
+    from vggt_deploy.quant.resolved import resolve_plan
 
     plan_ = load_plan(plan_file(plan_value), target=target)
-    graph = _graph_for(model_dir, onnx_file)
-    layers = find_layers(graph)
-    resolved = plan_.resolve([l.name for l in layers])
-    static, dynamic, weight_only = partition(layers, resolved)
-    mode = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic} | {l.name: "off" for l in weight_only}
+    resolved = resolve_plan(plan_, _graph_for(model_dir, onnx_file))
     click.echo(f"plan {plan_.source} (target {plan_.target}, calibration {plan_.calibration.method}, "
                f"{plan_.calibration.num_images} images)")
     click.echo(f"{'layer':42} {'op':6} {'precision':9} {'weights':12} {'activations':11} rule")
-    for layer in layers:
-        spec, rule = resolved[layer.name].spec, resolved[layer.name].rule
-        gran = spec.weight_granularity if layer.weight and layer.name in mode else "-"
-        shown = spec.precision if layer.name in mode or not spec.quantized else "fp32"
-        rule_text = "default" if rule is None else f"{rule}: {plan_.rules[rule].match}"
-        click.echo(f"{layer.name:42} {layer.op_type:6} {shown:9} {gran:12} {mode.get(layer.name, 'float'):11} {rule_text}")
+    for layer in resolved.layers:
+        mode = resolved.mode(layer)
+        gran = resolved.spec(layer).weight_granularity if layer.weight and mode != "float" else "-"
+        click.echo(f"{layer.name:42} {layer.op_type:6} {resolved.precision(layer):9} {gran:12} {mode:11} "
+                   f"{resolved.rule_text(layer)}")
 
 
 def _graph_for(model_dir: Path | None, onnx_file: Path | None):

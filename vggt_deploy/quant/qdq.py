@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.graph.layers import QUANT_OPS, Layer, find_layers
+from vggt_deploy.graph.layers import QUANT_OPS, Layer
 from vggt_deploy.graph.onnx_io import set_metadata
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
-from vggt_deploy.quant.plan import QdqPlan, Resolved
+from vggt_deploy.quant.resolved import ResolvedPlan
 
 
 @dataclass
@@ -49,44 +49,6 @@ def weight_axis(model: onnx.ModelProto, layer: Layer) -> int:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return 1
-
-
-def _unsupported(plan: QdqPlan, layers: list[Layer], resolved: dict[str, Resolved]) -> None:
-    """Refuse what this release cannot build rather than quietly running it in another precision."""
-    for layer in layers:
-        r = resolved[layer.name]
-        where = f"rule {r.rule} ({plan.rules[r.rule].match!r})" if r.rule is not None else "default"
-        if r.spec.precision == "int16":
-            raise UserError(f"{plan.source}: {where} sets int16 for {layer.name}; int16 QDQ is not implemented "
-                            "in this release (use int8 or fp32)")
-        weight_only = r.spec.quantized and r.spec.activations == "off"
-        if weight_only and (layer.op_type != "MatMul" or layer.weight is None):
-            if layer.weight is None and not r.spec.attention_matmuls:
-                continue  # activation-only matmuls are float unless attention_matmuls is set
-            raise UserError(f"{plan.source}: {where}: weight-only {r.spec.precision} supports MatMul layers with "
-                            f"weights; {layer.name} is {layer.op_type} (give it its own rule)")
-        if r.spec.activations == "dynamic" and r.spec.quantized and layer.weight is not None and layer.op_type != "MatMul":
-            raise UserError(f"{plan.source}: {where}: dynamic activations support MatMul layers; {layer.name} is "
-                            f"{layer.op_type} (give it a rule with activations: static)")
-
-
-def partition(layers: list[Layer], resolved: dict[str, Resolved]) -> tuple[list[Layer], list[Layer], list[Layer]]:
-    """(static QDQ, dynamic, weight-only) layers. Activation-only matmuls need `attention_matmuls`."""
-    static, dynamic, weight_only = [], [], []
-    for layer in layers:
-        spec = resolved[layer.name].spec
-        if not spec.quantized:
-            continue
-        if layer.weight is None and not spec.attention_matmuls:
-            continue
-        if spec.activations == "dynamic":
-            if layer.weight is not None and layer.op_type == "MatMul":
-                dynamic.append(layer)
-        elif spec.activations == "off":
-            weight_only.append(layer)
-        else:
-            static.append(layer)
-    return static, dynamic, weight_only
 
 
 def keep_float_consumers(model: onnx.ModelProto) -> int:
@@ -141,19 +103,17 @@ def _quiet_quantizer():
 
 def quantize(
     fp32: onnx.ModelProto,
-    plan: QdqPlan,
+    resolved: ResolvedPlan,
     calib_images: np.ndarray | None,
     extra_feeds: dict[str, np.ndarray],
     image_input: str,
     cache_dir: Path,
 ) -> QuantResult:
-    """The plan's QDQ model for its target, plus the report of what was done."""
+    """The QDQ model of a plan resolved on `fp32` (see `resolve_plan`), plus the report of what was done."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    layers = find_layers(fp32)
-    resolved = plan.resolve([l.name for l in layers])
-    _unsupported(plan, layers, resolved)
-    static, dynamic, weight_only = partition(layers, resolved)
+    plan, layers = resolved.plan, list(resolved.layers)
+    static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     fp32_bytes = fp32.SerializeToString()
     ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration)
@@ -167,7 +127,7 @@ def quantize(
             overrides = {
                 l.weight: [{"axis": weight_axis(fp32, l)}]
                 for l in static
-                if l.weight is not None and resolved[l.name].spec.weight_granularity == "per-channel"
+                if l.weight is not None and resolved.spec(l).weight_granularity == "per-channel"
             }
             extra = {
                 "ActivationSymmetric": trt,
@@ -198,7 +158,7 @@ def quantize(
             model = onnx.load(str(out))
             keep_float_consumers(model)
         for per_channel in (True, False):  # quantize_dynamic's granularity is global: one pass per kind
-            group = [l for l in dynamic if (resolved[l.name].spec.weight_granularity == "per-channel") == per_channel]
+            group = [l for l in dynamic if (resolved.spec(l).weight_granularity == "per-channel") == per_channel]
             if not group:
                 continue
             src, out = Path(tmp) / "pre_dynamic.onnx", Path(tmp) / "dynamic.onnx"
@@ -209,22 +169,22 @@ def quantize(
             model = onnx.load(str(out))
     if weight_only:
         model = _weight_only(model, weight_only, resolved)
-    report = _report(plan, layers, resolved, static, dynamic, weight_only, ranges_file, cache_hit)
+    report = _report(resolved, ranges_file, cache_hit)
     set_metadata(model, {
         "vggt.plan_hash": plan.plan_hash(),
         "vggt.target": plan.target,
-        "vggt.layer_precisions": json.dumps({l.name: resolved[l.name].spec.precision for l in layers}),
+        "vggt.layer_precisions": json.dumps(resolved.requested_precisions()),
     })
     return QuantResult(model=model, report=report)
 
 
-def _weight_only(model: onnx.ModelProto, layers: list[Layer], resolved: dict[str, Resolved]) -> onnx.ModelProto:
+def _weight_only(model: onnx.ModelProto, layers: list[Layer], resolved: ResolvedPlan) -> onnx.ModelProto:
     """int4/int8 weight-only MatMuls as ONNX Runtime's MatMulNBits, one pass per (bits, block size)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     groups: dict[tuple[int, int, bool], list[str]] = {}
     for layer in layers:
-        spec = resolved[layer.name].spec
+        spec = resolved.spec(layer)
         bits = 4 if spec.precision == "int4" else 8
         per_channel = spec.weight_granularity != "per-block"
         groups.setdefault((bits, spec.block_size, per_channel), []).append(layer.node)
@@ -238,17 +198,17 @@ def _weight_only(model: onnx.ModelProto, layers: list[Layer], resolved: dict[str
     return model
 
 
-def _report(plan, layers, resolved, static, dynamic, weight_only, ranges_file: Path, cache_hit: bool) -> dict:
-    modes = {l.name: "static" for l in static} | {l.name: "dynamic" for l in dynamic} | {l.name: "weight-only" for l in weight_only}
+def _report(resolved: ResolvedPlan, ranges_file: Path, cache_hit: bool) -> dict:
+    plan, layers = resolved.plan, resolved.layers
     rows = []
+    counts = {"static": 0, "dynamic": 0, "weight_only": 0, "float": 0}
     for layer in layers:
-        r = resolved[layer.name]
-        mode = modes.get(layer.name, "float")
-        # An activation-only matmul under an int8 rule without attention_matmuls runs in float.
-        precision = "fp32" if mode == "float" and r.spec.quantized else r.spec.precision
-        granularity = r.spec.weight_granularity if layer.weight and mode != "float" else None
-        rows.append({"layer": layer.name, "node": layer.node, "op": layer.op_type, "precision": precision,
-                     "requested": r.spec.precision, "weight_granularity": granularity, "activations": mode, "rule": r.rule})
+        spec, mode = resolved.spec(layer), resolved.mode(layer)
+        counts[mode.replace("-", "_")] += 1
+        granularity = spec.weight_granularity if layer.weight and mode != "float" else None
+        rows.append({"layer": layer.name, "node": layer.node, "op": layer.op_type, "precision": resolved.precision(layer),
+                     "requested": spec.precision, "weight_granularity": granularity, "activations": mode,
+                     "rule": resolved.specs[layer.name].rule})
     ranges = {}
     if ranges_file.is_file():
         raw = json.loads(ranges_file.read_text())
@@ -268,7 +228,6 @@ def _report(plan, layers, resolved, static, dynamic, weight_only, ranges_file: P
                         "images": plan.calibration.images, "num_images": plan.calibration.num_images,
                         "cache": str(ranges_file), "cache_hit": cache_hit},
         "range_summary": {"tensors": len(ranges), "abs_max_median": float(np.median(amax)), "abs_max_max": float(amax.max())},
-        "counts": {"layers": len(layers), "static": len(static), "dynamic": len(dynamic), "weight_only": len(weight_only),
-                   "float": len(layers) - len(modes)},
+        "counts": {"layers": len(layers), **counts},
         "layers": rows,
     }

@@ -121,8 +121,9 @@ class Workbench:
         from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
         from vggt_deploy.graph.onnx_io import save_onnx
         from vggt_deploy.quant.qdq import quantize
+        from vggt_deploy.quant.resolved import resolve_plan
 
-        result = quantize(self.fp32, plan, self._calibration(), {"query_embeds": self.queries}, "images",
+        result = quantize(self.fp32, resolve_plan(plan, list(self.layers)), self._calibration(), {"query_embeds": self.queries}, "images",
                           self.cache_dir)
         if plan.target == "tensorrt":  # every TensorRT-flavour variant must pass, as every export does
             violations = validate_tensorrt(result.model)

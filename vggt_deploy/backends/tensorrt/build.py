@@ -19,20 +19,22 @@ from vggt_deploy.backends.tensorrt.settings import BuildOptions, plan_build
 from vggt_deploy.errors import UserError
 
 
-def layer_precisions(model, plan=None) -> dict[str, str]:
-    """Per-layer precision: from `plan` resolved on this graph, else from the export's metadata."""
-    from vggt_deploy.graph.layers import find_layers
+def layer_precisions(model) -> dict[str, str]:
+    """Per-layer precision recorded by the export (`vggt.layer_precisions`; empty for an FP32 graph)."""
     from vggt_deploy.graph.onnx_io import get_metadata
 
-    if plan is not None:
-        names = [layer.name for layer in find_layers(model)]
-        return {name: r.spec.precision for name, r in plan.resolve(names).items()}
     return json.loads(get_metadata(model).get("vggt.layer_precisions", "{}"))
 
 
 def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_cache: Path | None = None,
-                 plan=None) -> dict:
-    """Build and write `engine` and its sidecar; returns the sidecar."""
+                 precisions: dict[str, str] | None = None, plan_hash: str | None = None) -> dict:
+    """Build and write `engine` and its sidecar; returns the sidecar.
+
+    Args:
+        precisions: layer name -> precision, from a plan the caller resolved on this graph
+            (`build-trt --plan`); by default the export's own record in the ONNX metadata.
+        plan_hash: the hash of that plan, recorded in the sidecar.
+    """
 
     from vggt_deploy.backends.tensorrt.rewrite import to_fp16
     from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
@@ -47,7 +49,7 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     trt = import_tensorrt()
     meta = get_metadata(model)
     layers = find_layers(model)
-    precisions = layer_precisions(model, plan)
+    precisions = precisions if precisions is not None else layer_precisions(model)
     shapes = {i.name: tuple(d.dim_value or None for d in i.type.tensor_type.shape.dim) for i in model.graph.input}
     has_qdq = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     settings = plan_build(options, trt.__version__, shapes, precisions, {l.name: l.node for l in layers}, has_qdq)
@@ -87,7 +89,7 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     gpu, cc = gpu_identity()
-    plan_hash = plan.plan_hash() if plan is not None else meta.get("vggt.plan_hash", "")
+    plan_hash = plan_hash if plan_hash is not None else meta.get("vggt.plan_hash", "")
     sidecar = make_sidecar(trt.__version__, gpu, cc, onnx_file, plan_hash, {
         "options": options.__dict__, "flags": list(settings.flags), "strongly_typed": settings.strongly_typed,
         "fp16_nodes": len(settings.fp16_nodes), "fp32_layers": list(settings.fp32_layers),
