@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from vggt_deploy.backends.tensorrt.loader import gpu_identity, import_tensorrt
+from vggt_deploy.backends.tensorrt.pinning import engine_layers_for, missing_layers, parser_node_name
 from vggt_deploy.backends.tensorrt.settings import BuildOptions, plan_build
 from vggt_deploy.errors import UserError
 
@@ -69,10 +70,18 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     for flag in settings.flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if settings.fp32_layers:
-        pinned = {l.node for l in layers if l.name in settings.fp32_layers}
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if any(layer.name.startswith(node) for node in pinned):
+        # Exactly the layers the parser made from each pinned node (never by name prefix: see pinning.py).
+        pinned = [l.node for l in layers if l.name in settings.fp32_layers]
+        net_layers = [network.get_layer(i) for i in range(network.num_layers)]
+        owners = engine_layers_for([parser_node_name(n) for n in model.graph.node],
+                                   [(layer.name, getattr(layer, "metadata", "")) for layer in net_layers])
+        missing = missing_layers({node: owners.get(node, []) for node in pinned})
+        if missing:
+            raise UserError(f"{onnx_file}: cannot pin to fp32: no TensorRT layer came from ONNX node(s) "
+                            f"{', '.join(missing)} (TensorRT {trt.__version__})")
+        fp32_names = {name for node in pinned for name in owners[node]}
+        for layer in net_layers:
+            if layer.name in fp32_names:
                 layer.precision = trt.float32
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in settings.profile.items():
