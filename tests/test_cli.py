@@ -38,7 +38,7 @@ def _one_error_line(result, *needles):
 
 
 def test_unknown_model_name(tmp_path):
-    _one_error_line(_run("train", "--model", "vggt_huge", "-o", str(tmp_path / "m")), "vggt_huge", "vggt_small")
+    _one_error_line(_run("train", "--config", "vggt_huge", "-o", str(tmp_path / "m")), "vggt_huge", "vggt_small")
 
 
 def test_checkpoint_with_wrong_sha256(tiny_model_dir, tiny_data, tmp_path):

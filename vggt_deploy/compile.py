@@ -8,8 +8,11 @@ Outputs in OUTDIR:
     model.qdq.onnx    with --plan: the calibrated QDQ model for the plan's target
     report.json       with --plan: every layer's precision/granularity, calibration, range summary
 
-Every file is written to a temporary name and renamed, so a failure never
-leaves a half-written output.
+The files are written into a temporary folder and moved into OUTDIR
+together, so a failure (Ctrl-C included) leaves no file of the set and no
+half-written one; other files in OUTDIR are left alone. An OUTDIR that is, or
+holds, an input (the model folder, the --onnx file, the plan) is refused before
+any work.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.export.onnx_export import OPSET, export_model
 from vggt_deploy.fileio import atomic_write_bytes, atomic_write_json
 from vggt_deploy.graph.onnx_io import load_onnx, save_onnx, set_metadata
+from vggt_deploy.outputs import OutputFolder, check_output_path
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.calibrate import calibration_tensors
 from vggt_deploy.quant.plan import QdqPlan
 from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
+
+OUTPUT_FILES = ("model.onnx", "queries.npy", "queries.json", "export.json", "model.qdq.onnx", "report.json")
+QDQ_FILES = ("model.qdq.onnx", "report.json")
 
 
 @dataclass
@@ -41,12 +48,25 @@ class ExportOutputs:
     export_info: dict
 
 
+def _check_out(out_dir: Path, inputs: list[Path | None], plan: QdqPlan | None) -> None:
+    plan_file = Path(plan.source) if plan is not None and Path(plan.source).is_file() else None
+    check_output_path(out_dir, [*inputs, plan_file], folder=True, files=OUTPUT_FILES)
+
+
+def _output_folder(out_dir: Path, writes: tuple[str, ...]) -> OutputFolder:
+    """The set this export writes; an earlier export's other files in `out_dir` no longer belong with it."""
+    earlier = (out_dir / "export.json").is_file()
+    return OutputFolder(out_dir, stale=[n for n in OUTPUT_FILES if n not in writes] if earlier else ())
+
+
 def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = None, cache_dir: Path | None = None) -> ExportOutputs:
     """Export the model in `model_dir`; quantize with `plan` when given."""
     from vggt_deploy.data.vocabulary import category_names
     from vggt_deploy.model.io import load_model
     from vggt_deploy.model.queries import query_embeddings
 
+    out_dir = Path(out_dir)
+    _check_out(out_dir, [Path(model_dir)], plan)
     loaded = load_model(model_dir)
     pp = loaded.model.cfg.preprocess
     calib_spec = plan.calibration if plan else None
@@ -61,22 +81,25 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
     fp32, check = export_model(loaded, calib[:2], queries)
     # Resolved once; a plan written for another model fails here, before any file is written.
     resolved = resolve_plan(plan, fp32) if plan is not None else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp32_path = save_onnx(fp32, out_dir / "model.onnx")
-    _save_queries(out_dir, texts, queries)
-    info = {"model": str(model_dir), "opset": OPSET, "max_abs_diff_vs_torch": check.max_abs_diff,
-            "tolerance_boxes": check.tolerance, "fp32_size_mb": fp32_path.stat().st_size / 1e6,
-            "num_nodes": len(fp32.graph.node)}
-    qdq_path, report = None, None
-    if plan is not None:
-        qdq_path, report = _quantize(fp32, resolved, calib, {"query_embeds": queries}, "images", out_dir, cache_dir)
-        info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
-    atomic_write_json(out_dir / "export.json", info)
-    return ExportOutputs(fp32_path, qdq_path, report, info)
+    writes = OUTPUT_FILES if plan is not None else OUTPUT_FILES[:4]
+    with _output_folder(out_dir, writes) as tmp:
+        fp32_size = save_onnx(fp32, tmp / "model.onnx").stat().st_size
+        _save_queries(tmp, texts, queries)
+        info = {"model": str(model_dir), "opset": OPSET, "max_abs_diff_vs_torch": check.max_abs_diff,
+                "tolerance_boxes": check.tolerance, "fp32_size_mb": fp32_size / 1e6,
+                "num_nodes": len(fp32.graph.node)}
+        qdq_path, report = None, None
+        if plan is not None:
+            qdq_path, report = _quantize(fp32, resolved, calib, {"query_embeds": queries}, "images", tmp, cache_dir)
+            info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
+        atomic_write_json(tmp / "export.json", info)
+    return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, report, info)
 
 
 def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: Path | None = None) -> ExportOutputs:
     """Quantize a model exported elsewhere; its input preprocessing comes from the plan."""
+    out_dir = Path(out_dir)
+    _check_out(out_dir, [Path(onnx_file)], plan)
     model = load_onnx(onnx_file)
     graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     spec = plan.calibration.input
@@ -92,13 +115,13 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
     pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
     resolved = resolve_plan(plan, model)
     calib = calibration_tensors(plan.calibration, pp)
-    out_dir.mkdir(parents=True, exist_ok=True)
     set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
                                                         "channel_order": spec.channel_order, "layout": "NCHW"})})
-    qdq_path, report = _quantize(model, resolved, calib, {}, name, out_dir, cache_dir)
-    info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
-    atomic_write_json(out_dir / "export.json", info)
-    return ExportOutputs(Path(onnx_file), qdq_path, report, info)
+    with _output_folder(out_dir, ("export.json", *QDQ_FILES)) as tmp:
+        qdq_path, report = _quantize(model, resolved, calib, {}, name, tmp, cache_dir)
+        info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
+        atomic_write_json(tmp / "export.json", info)
+    return ExportOutputs(Path(onnx_file), out_dir / "model.qdq.onnx", report, info)
 
 
 def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:

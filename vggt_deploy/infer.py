@@ -18,6 +18,7 @@ from vggt_deploy.data.preprocess import preprocess
 from vggt_deploy.fileio import atomic_write_bytes, atomic_write_text
 from vggt_deploy.model.io import LoadedModel
 from vggt_deploy.model.postprocess import best_box
+from vggt_deploy.outputs import OutputFolder
 
 
 @dataclass
@@ -60,8 +61,17 @@ def draw(image: np.ndarray, results: list[Grounding]) -> np.ndarray:
     return canvas
 
 
+def output_names(stem: str) -> tuple[str, str]:
+    """The files `write_outputs` writes for an image named <stem>.*: boxes as JSON and the annotated PNG."""
+    return f"{stem}.json", f"{stem}.png"
+
+
 def write_outputs(out_dir: Path, stem: str, image: np.ndarray, results: list[Grounding]) -> tuple[Path, Path]:
-    """<stem>.json and <stem>.png in out_dir, each written atomically."""
-    json_path = atomic_write_text(out_dir / f"{stem}.json", json.dumps([asdict(r) for r in results], indent=1) + "\n")
+    """<stem>.json and <stem>.png in out_dir, moved in together (other files there are left alone)."""
+    out_dir = Path(out_dir)
+    json_name, png_name = output_names(stem)
     _, buf = cv2.imencode(".png", draw(image, results))
-    return json_path, atomic_write_bytes(out_dir / f"{stem}.png", buf.tobytes())
+    with OutputFolder(out_dir) as tmp:
+        atomic_write_text(tmp / json_name, json.dumps([asdict(r) for r in results], indent=1) + "\n")
+        atomic_write_bytes(tmp / png_name, buf.tobytes())
+    return out_dir / json_name, out_dir / png_name

@@ -13,9 +13,10 @@ def test_bench_runs_every_target_and_reports_failures_as_rows(tiny_model_dir, tm
     result = CliRunner().invoke(main, [
         "bench", "--model", str(tiny_model_dir), "--eval-images", "4", "--rounds", "3", "--warmup", "1",
         "--threads", "1", "--build-dir", str(tmp_path / "build"), "--results-dir", str(out),
-        "--json", str(tmp_path / "b.json"), "--targets", "torch-fp32,ort-fp32,ort-int8,ort-mixed"])
+        "--json", "--targets", "torch-fp32,ort-fp32,ort-int8,ort-mixed"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "b.json").read_text())
+    report = json.loads(result.stdout)  # --json: one JSON object on stdout, the table on stderr
+    assert report == json.loads((out / "bench.json").read_text())
     rows = {r["name"]: r for r in report["targets"]}
     assert rows["ort-mixed"]["status"] == "failed" and "matches no layer" in rows["ort-mixed"]["reason"]
     for name in ("torch-fp32", "ort-fp32", "ort-int8"):
@@ -58,7 +59,7 @@ def test_alternating_timing_statistics():
 
 
 def test_batch_sweep_grows_latency_and_writes_benchmarks_md(tiny_export, tmp_path):
-    from vggt_deploy.bench.report import render_benchmarks
+    from vggt_deploy.bench.benchmarks_doc import render_benchmarks
     from vggt_deploy.bench.sweep import sweep_batch, sweep_markdown
 
     queries = np.load(tiny_export.fp32.parent / "queries.npy")

@@ -120,7 +120,7 @@ def test_calibration_cache_hits_when_only_rules_change(tiny_export, tiny_plan_te
 
 def test_unimplemented_precisions_are_refused(tiny_export, calib, tmp_path):
     text = "version: 1\ndefault: {precision: int16}\n"
-    with pytest.raises(UserError, match="int16 QDQ is not implemented"):
+    with pytest.raises(UserError, match="int16 is not implemented"):
         _quantize(tiny_export, text, calib, tmp_path)
     conv_int4 = "version: 1\ndefault: {precision: int4, weight_granularity: per-block, activations: off}\n"
     with pytest.raises(UserError, match="patch_embed.stem.0 is Conv"):

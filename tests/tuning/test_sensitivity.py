@@ -10,7 +10,7 @@ from vggt_deploy.cli import main
 from vggt_deploy.errors import UserError
 from vggt_deploy.quant.plan import parse_plan
 from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan, choose, predicted_drop
-from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
+from vggt_deploy.tuning.sensitivity import SensitivityConfig, UnitResult, above_noise, run_sensitivity, timing_noise
 from vggt_deploy.tuning.sensitivity_report import write_sensitivity
 from vggt_deploy.tuning.units import ATTENTION_UNIT, select_units
 from vggt_deploy.tuning.variants import Workbench
@@ -82,38 +82,49 @@ def test_ranking_is_stable_and_damage_is_real(bench, tiny_model_dir, tiny_data, 
     other = Workbench(tiny_model_dir, parse_plan(BASE, "base.yaml"), tmp_path, data_dir=tiny_data,
                       cache_dir=bench.cache_dir)
     second = run_sensitivity(other, cfg, progress=False)
-    assert [u["unit"] for u in first["units"]] == [u["unit"] for u in second["units"]]
-    assert [u["score"] for u in first["units"]] == pytest.approx([u["score"] for u in second["units"]], abs=1e-6)
+    assert [u.unit for u in first.units] == [u.unit for u in second.units]
+    assert [u.score for u in first.units] == pytest.approx([u.score for u in second.units], abs=1e-6)
     # Quantizing any unit with weights moves the outputs; everything quantized moves them most.
-    weighted = [u for u in first["units"] if u["unit"] != ATTENTION_UNIT]
-    assert all(u["damage_only"] > 0 for u in weighted)
-    assert first["scores"]["all"] >= max(u["damage_only"] for u in first["units"])
-    scores = [u["score"] for u in first["units"]]
+    weighted = [u for u in first.units if u.unit != ATTENTION_UNIT]
+    assert all(u.damage_only > 0 for u in weighted)
+    assert first.scores["all"] >= max(u.damage_only for u in first.units)
+    scores = [u.score for u in first.units]
     assert scores == sorted(scores, reverse=True)
-    assert first["confirmation"]["top_units_subset_order"] == [u["unit"] for u in first["units"][:2]]
+    assert first.confirmation["top_units_subset_order"] == [u.unit for u in first.units[:2]]
 
-    paths = write_sensitivity(first, tmp_path / "out")
+    paths = write_sensitivity(first.to_json(), tmp_path / "out")
     table = paths["md"].read_text()
-    assert all(f"| {u['unit']} |" in table for u in first["units"])
-    assert json.loads(paths["json"].read_text())["units"][0]["unit"] == first["units"][0]["unit"]
+    assert all(f"| {u.unit} |" in table for u in first.units)
+    assert json.loads(paths["json"].read_text())["units"][0]["unit"] == first.units[0].unit
     image = cv2.imread(str(paths["png"]))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
     # BENCHMARKS.md picks the table and chart up from the results folder.
-    from vggt_deploy.bench.report import render_benchmarks
+    from vggt_deploy.bench.benchmarks_doc import render_benchmarks
 
     md = render_benchmarks(tmp_path / "out", tmp_path / "BENCHMARKS.md").read_text()
-    assert "## Sensitivity" in md and "results/sensitivity.png" in md and f"| {first['units'][0]['unit']} |" in md
+    assert "## Sensitivity" in md and "out/sensitivity.png" in md and f"| {first.units[0].unit} |" in md
+
+
+def _unit(name, damage_only, recovery, latency, size):
+    return UnitResult(name, 1, damage_only, 0.0, recovery, 0.0, latency, size)
 
 
 def test_choice_respects_the_predicted_budget():
-    rows = {"a": {"damage_only": 0.5, "recovery": 0.4, "latency_saving_ms": 1.0, "size_saving_mb": 1.0},
-            "b": {"damage_only": 0.1, "recovery": 0.1, "latency_saving_ms": 0.5, "size_saving_mb": 3.0},
-            "c": {"damage_only": -0.2, "recovery": 0.0, "latency_saving_ms": 0.2, "size_saving_mb": 0.5}}
+    rows = {"a": _unit("a", 0.5, 0.4, 1.0, 1.0), "b": _unit("b", 0.1, 0.1, 0.5, 3.0), "c": _unit("c", -0.2, 0.0, 0.2, 0.5)}
     damage_all = 0.6
     assert choose(rows, damage_all, 1.0, "latency") == frozenset("abc")
     assert choose(rows, damage_all, 0.3, "latency") == frozenset("bc")
     assert predicted_drop(rows, frozenset("bc"), damage_all) == pytest.approx(0.2)
     assert choose(rows, damage_all, -0.1, "latency") is None
+
+
+def test_savings_within_the_timing_noise_count_as_zero():
+    latency = {"fp32": 10.0, "fp32#repeat": 10.3, "all": 8.0, "all#repeat": 8.1, "only:a": 9.9}
+    noise = timing_noise(latency)
+    assert noise == pytest.approx(0.3)
+    assert above_noise(0.2, noise) == 0.0 and above_noise(-0.25, noise) == 0.0
+    assert above_noise(0.5, noise) == 0.5 and above_noise(None, noise) is None
+    assert timing_noise({"fp32": 1.0}) is None and above_noise(0.01, None) == 0.01
 
 
 def test_auto_plan_meets_a_loose_budget(bench, tmp_path):
@@ -134,7 +145,7 @@ def test_cli_unmeetable_budget_writes_best_plan(tiny_model_dir, tiny_data, tmp_p
     base.write_text(BASE)
     out = tmp_path / "auto.yaml"
     args = ["plan", "auto", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--plan", str(base),
-            "--images", "8", "--work", str(tmp_path / "work"), "--max-map-drop", "-0.5", "-o", str(out)]
+            "--subset-images", "8", "--work", str(tmp_path / "work"), "--max-map-drop", "-0.5", "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert "budget not met" in result.output and out.is_file() and out.with_suffix(".md").is_file()

@@ -18,6 +18,7 @@ from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 from vggt_deploy.bench.timing import time_alternating
 from vggt_deploy.paths import shipped_plan
 
+SWEEPS = ("batch", "resolution")  # `bench --sweep` kinds
 BATCHES = (1, 2, 4, 8, 16)
 SIZES = (64, 96, 128, 192, 256)
 

@@ -7,6 +7,7 @@ from vggt_deploy.cli import (  # noqa: F401  (each module registers its commands
     data_cmds,
     export_cmds,
     model_cmds,
+    publish_cmd,
     sensitivity_cmds,
 )
 from vggt_deploy.cli.app import main

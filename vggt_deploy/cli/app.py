@@ -14,15 +14,39 @@ import click
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.paths import default_model_dir, plan_path
+from vggt_deploy.quant.plan import TARGETS
+
+
+def one_line(message: str) -> str:
+    """A message as one line (multi-line details are joined with '; ')."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
 class _Group(click.Group):
+    """The root group: every user mistake, ours or click's, is one `error:` line and exit code 2."""
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
             sys.exit(2)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:  # bad option values, unknown options, missing arguments
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see '{exc.ctx.command_path} --help')"
+            click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -58,4 +82,4 @@ def resolve_model(value: Path | None) -> Path:
 
 
 MODEL_HELP = "Model folder (safetensors + config.json) [default: models/vggt_small, found as described in README]."
-TARGET_CHOICE = click.Choice(["tensorrt", "onnxruntime-cpu"])
+TARGET_CHOICE = click.Choice(TARGETS)

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import click
 
+from vggt_deploy.backends.capabilities import DEVICES
+from vggt_deploy.bench.sweep import SWEEPS
 from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 
 
 @main.command()
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
-@click.option("--plan", "plan_value", default=None, help="Plan for the ort-mixed target (default: models/plans/mixed.yaml).")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "jetson"]), default="cpu", show_default=True,
+@click.option("--plan", "plan_value", default=None, help="Plan for the ort-mixed target (default: the shipped plan mixed).")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True,
               help="Device profile; cuda/jetson need the TensorRT targets.")
 @click.option("--targets", default=None, help="Comma-separated subset, e.g. 'ort-fp32,ort-mixed' (default: all for the device).")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size for timing.")
+@click.option("--batch-size", "batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size for timing.")
 @click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--rounds", type=click.IntRange(1), default=50, show_default=True, help="Timed rounds per target.")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
@@ -26,22 +28,23 @@ from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
               help="Threads for every runtime (equal, non-spinning pools).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/bench"), show_default=True)
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the JSON report to this file.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report (bench.json) as one JSON object on stdout; the table goes to stderr.")
 @click.option("--min-map", type=float, default=None, help="Exit non-zero when an ok target scores below this mAP.")
-@click.option("--sweep", type=click.Choice(["batch", "resolution"]), default=None,
+@click.option("--sweep", type=click.Choice(SWEEPS), default=None,
               help="Instead of the target matrix: latency and memory vs batch size or vs image tokens.")
 @click.option("--render-only", is_flag=True,
               help="Measure nothing: rebuild bench/BENCHMARKS.md from the files in --results-dir "
                    "(after `sensitivity`, `plan auto` or the bench/ablations scripts wrote there).")
 def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, warmup, threads, build_dir, results_dir,
-          json_file, min_map, sweep, render_only) -> None:
+          as_json, min_map, sweep, render_only) -> None:
     """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k.
 
-    Writes bench.json/.csv/.md and plots to --results-dir and refreshes bench/BENCHMARKS.md.
+    Writes bench.json/.csv/.md and plots to --results-dir and renders BENCHMARKS.md beside --results-dir.
     """
+    from vggt_deploy.bench.benchmarks_doc import render_benchmarks
     from vggt_deploy.bench.harness import BenchConfig, results_as_dicts, run_bench
-    from vggt_deploy.bench.report import environment, markdown_table, render_benchmarks, write_reports
+    from vggt_deploy.bench.report import environment, markdown_table, write_reports
 
     if render_only:
         click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
@@ -60,14 +63,13 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
             "eval_images": eval_images, "rounds": rounds, "warmup": warmup, "threads": threads,
             "command": _command_line(click.get_current_context())}}
     paths = write_reports(rows, meta, results_dir)
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(paths["json"].read_text())
-    click.echo(markdown_table(rows))
+    if as_json:  # one JSON object on stdout, as `eval --json`; the table and paths go to stderr
+        click.echo(paths["json"].read_text().strip())
+    click.echo(markdown_table(rows), err=as_json)
     click.echo(f"\nthis CPU's ONNX Runtime MatMul peak: {outcome.peak_gops.get('fp32', 0):.0f} GOPS fp32, "
-               f"{outcome.peak_gops.get('int8', 0):.0f} GOPS int8")
-    click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}")
-    click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
+               f"{outcome.peak_gops.get('int8', 0):.0f} GOPS int8", err=as_json)
+    click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}", err=as_json)
+    click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}", err=as_json)
     if min_map is not None:
         low = [r["name"] for r in rows if r["status"] == "ok" and (r["map"] or 0.0) < min_map]
         if low:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
+from vggt_deploy.backends.onnxruntime.build import LEVELS
 from vggt_deploy.cli.app import main
 
 
 @main.command("build-ort")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), required=True, help="FP32 or QDQ ONNX file.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Optimized model to write (.onnx, or .ort with --format ort); settings go to OUTPUT.json.")
-@click.option("--level", type=click.Choice(["basic", "extended", "all"]), default="extended", show_default=True,
+@click.option("--level", type=click.Choice(LEVELS), default="extended", show_default=True,
               help="ONNX Runtime optimization level; 'all' is specific to this machine's CPU.")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="'ort' for minimal ONNX Runtime builds on edge boxes.")

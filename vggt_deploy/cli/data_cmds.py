@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vggt_deploy.cli.app import main
+from vggt_deploy.data.scenes import BACKGROUNDS, SPLIT_SEEDS
 
 
 @main.group()
@@ -15,13 +16,13 @@ def data() -> None:
 
 
 @data.command("generate")
-@click.option("--split", type=click.Choice(["train", "calib", "eval"]), default="eval", show_default=True,
+@click.option("--split", type=click.Choice(tuple(SPLIT_SEEDS)), default="eval", show_default=True,
               help="Which deterministic split (each has its own seed, so splits are disjoint).")
 @click.option("--num-images", "-n", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--background", type=click.Choice(["clutter", "stripes"]), default="clutter", show_default=True,
+@click.option("--background", type=click.Choice(BACKGROUNDS), default="clutter", show_default=True,
               help="Background style (the domain-shift knob).")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write images/, instances.json and refs.json into (replaced atomically).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="New or empty folder (or one holding an earlier split) for images/, instances.json and refs.json.")
 def data_generate(split: str, num_images: int, background: str, output: Path) -> None:
     """Write a split as standard COCO JSON; the same options give byte-identical files."""
     from vggt_deploy.data.coco import write_split
@@ -33,8 +34,8 @@ def data_generate(split: str, num_images: int, background: str, output: Path) ->
 
 @data.command("calib")
 @click.option("--num-images", "-n", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("calib_data"),
-              show_default=True, help="Folder for the JPEG images and manifest.json (replaced atomically).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("calib_data"), show_default=True,
+              help="New or empty folder (or one holding an earlier calibration set) for the JPEGs and manifest.json.")
 def data_calib(num_images: int, output: Path) -> None:
     """Write the calibration set (calibration split, disjoint from train and eval) with a manifest."""
     from vggt_deploy.data.calib_set import write_calibration_set

@@ -19,8 +19,8 @@ from vggt_deploy.errors import UserError
 @click.option("--plan", "plan_value", default=None,
               help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-trt...).")
 @click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target (QDQ flavour).")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/export"),
-              show_default=True, help="Output folder.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/export"),
+              show_default=True, help="Output folder (new, or existing: files of other tools there are left alone).")
 def export(model_dir, onnx_file, plan_value, target, output) -> None:
     """Export to FP32 ONNX (checked against PyTorch); with --plan, calibrate and write model.qdq.onnx + report.json."""
     from vggt_deploy.compile import export_from_model, export_from_onnx

@@ -9,11 +9,15 @@ import click
 
 from vggt_deploy.cli.app import _command_line, main, resolve_model
 from vggt_deploy.errors import UserError
+from vggt_deploy.model.config import list_models
+from vggt_deploy.outputs import check_output_path
+from vggt_deploy.train import CLS_LOSSES
 
 
 @main.command()
-@click.option("--model", "model_name", default="vggt_small", show_default=True, help="Registered config name.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--config", "model_name", type=click.Choice(list_models()), default="vggt_small", show_default=True,
+              help="Registered model config to train (--model always names a model folder).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Model folder to write (weights, config, vocabulary, train_log.jsonl, checkpoint/).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="COCO folder to train on (instances.json, refs.json, images/); default: synthetic scenes.")
@@ -25,7 +29,7 @@ from vggt_deploy.errors import UserError
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds Python, NumPy and torch; recorded.")
 @click.option("--lambda-loc", type=float, default=1.0, show_default=True, help="Weight of L_loc (L1 + GIoU).")
 @click.option("--lambda-ground", type=float, default=1.0, show_default=True, help="Weight of L_ground (contrastive).")
-@click.option("--cls-loss", type=click.Choice(["focal", "ce"]), default="focal", show_default=True)
+@click.option("--cls-loss", type=click.Choice(CLS_LOSSES), default="focal", show_default=True)
 @click.option("--grounding-tokens", type=click.IntRange(1), default=None, help="Override N (a perfect square).")
 @click.option("--grounding-layers", default=None, help="Override the grounding layers, e.g. '2,4,6'.")
 @click.option("--no-bf16", is_flag=True, help="Train in float32 instead of bfloat16 autocast.")
@@ -39,6 +43,7 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
     from vggt_deploy.train.loop import train as run_training
     from vggt_deploy.train.losses import LossWeights
 
+    check_output_path(output, [data_dir], folder=True)
     overrides = {}
     if grounding_tokens is not None:
         overrides["num_grounding_tokens"] = grounding_tokens
@@ -138,14 +143,17 @@ if __name__ == "__main__":
 @click.option("--image", "image_path", type=click.Path(path_type=Path), required=True)
 @click.option("--query", "-q", "queries", multiple=True, required=True,
               help='A class name or referring expression; repeat for several ("red circle").')
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/infer"), show_default=True)
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/infer"), show_default=True,
+              help="Folder for IMAGE_STEM.json and IMAGE_STEM.png (other files there are left alone).")
 def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> None:
     """Ground text queries in one image: boxes and scores as JSON, and an annotated PNG."""
     from vggt_deploy.data.preprocess import read_image
-    from vggt_deploy.infer import ground, write_outputs
+    from vggt_deploy.infer import ground, output_names, write_outputs
     from vggt_deploy.model.io import load_model
 
     model_dir = resolve_model(model_dir)
+    check_output_path(output, [image_path, model_dir, onnx_file, engine_file], folder=True,
+                      files=output_names(image_path.stem), inputs_inside_ok=True)
     loaded = load_model(model_dir)
     image = read_image(image_path)
     if onnx_file is not None and engine_file is not None:
@@ -175,7 +183,7 @@ def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> Non
 @click.option("--image", "image_path", type=click.Path(path_type=Path), default=None,
               help="Image to explain (default: the first eval-split scene).")
 @click.option("--query", "-q", "queries", multiple=True, help="Queries (default: the image's referring expressions).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=Path("build/maps/maps.png"),
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/maps/maps.png"),
               show_default=True)
 def maps(model_dir, image_path, queries, output) -> None:
     """Grounding maps: each answering token's attention over the image, as captioned heatmaps (PNG)."""
@@ -184,6 +192,7 @@ def maps(model_dir, image_path, queries, output) -> None:
     from vggt_deploy.model.io import load_model
 
     model_dir = resolve_model(model_dir)
+    check_output_path(output, [image_path, model_dir])
     loaded = load_model(model_dir)
     if image_path is None:
         from vggt_deploy.data.coco import load_coco, synthetic_split

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -10,6 +9,9 @@ import click
 
 from vggt_deploy.cli.app import TARGET_CHOICE, _command_line, main, plan_file, resolve_model
 from vggt_deploy.cli.export_cmds import plan
+from vggt_deploy.tuning.auto_plan import OBJECTIVES
+from vggt_deploy.tuning.units import UNIT_KINDS
+from vggt_deploy.tuning.variants import METRICS
 
 _COMMON = [
     click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
@@ -17,12 +19,12 @@ _COMMON = [
     click.option("--plan", "plan_value", default="int8", show_default=True,
                  help="Base plan (path or shipped name): what a quantized unit becomes."),
     click.option("--target", type=TARGET_CHOICE, default=None, help="Override the base plan's target (QDQ flavour)."),
-    click.option("--unit", "unit_kind", type=click.Choice(["block", "layer"]), default="block", show_default=True,
+    click.option("--unit", "unit_kind", type=click.Choice(UNIT_KINDS), default="block", show_default=True,
                  help="block: patch embedding, each backbone block, each grounding layer, heads, attention matmuls; "
                       "layer: every MatMul/Gemm/Conv alone."),
     click.option("--units", "unit_names", default="",
                  help="Comma-separated unit names to analyse (others stay as the base plan says)."),
-    click.option("--images", type=click.IntRange(1), default=300, show_default=True,
+    click.option("--subset-images", "images", type=click.IntRange(1), default=300, show_default=True,
                  help="Eval images used to rank units (a subset; the answer is confirmed on the full split)."),
     click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
                  help="Size of the full eval split (synthetic) used for confirmation."),
@@ -51,7 +53,7 @@ def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images
 
 @main.command()
 @_common
-@click.option("--metric", type=click.Choice(["map", "output-error"]), default="map", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="map", show_default=True,
               help="map: mAP@[.5:.95] drop in points; output-error: relative L2 of boxes+logits vs FP32, percent.")
 @click.option("--confirm-top", type=click.IntRange(0), default=3, show_default=True,
               help="Re-score this many top units (and the all-quantized model) on the full eval split.")
@@ -77,9 +79,9 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
         return
     result = run_sensitivity(bench, SensitivityConfig(metric=metric, images=images, confirm_top=confirm_top,
                                                       latency_rounds=latency_rounds))
-    result["command"] = _command_line(click.get_current_context())
-    paths = write_sensitivity(result, output)
-    click.echo(markdown(result))
+    result.command = _command_line(click.get_current_context())
+    paths = write_sensitivity(result.to_json(), output)
+    click.echo(markdown(result.to_json()))
     click.echo("written: " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -87,7 +89,7 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
 @_common
 @click.option("--max-map-drop", type=click.FloatRange(-1.0, 1.0), required=True,
               help="Largest allowed mAP@[.5:.95] drop on the full eval split (0.003 = 0.3 points).")
-@click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
               help="What the plan minimises within the budget (both measured per unit on this machine).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Plan YAML to write (with each rule's measured drop in comments); .json and .md summaries go beside it.")
@@ -97,19 +99,15 @@ def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval
 
     Exit status 1 (with the best plan found still written) when no plan meets the budget.
     """
-    from vggt_deploy.fileio import atomic_write_text
     from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan
     from vggt_deploy.tuning.sensitivity import SensitivityConfig
-    from vggt_deploy.tuning.sensitivity_report import auto_markdown, write_sensitivity
+    from vggt_deploy.tuning.sensitivity_report import write_sensitivity
 
     bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
     cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,
                      sensitivity=SensitivityConfig(metric="map", images=images, confirm_top=0))
     summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()))
-    write_sensitivity(summary["sensitivity"], work_dir)
-    report = {k: v for k, v in summary.items() if k != "sensitivity"}
-    atomic_write_text(output.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
-    atomic_write_text(output.with_suffix(".md"), auto_markdown(summary))
+    write_sensitivity(summary["sensitivity"].to_json(), work_dir)
     lat = summary["latency_ms"]
     click.echo(f"plan written to {output} (details: {output.with_suffix('.json')}, {output.with_suffix('.md')})")
     click.echo(f"  quantized units: {', '.join(summary['quantized'])}")

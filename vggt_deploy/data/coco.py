@@ -9,9 +9,6 @@ referring expressions as JSON: ``[{ref_id, image_id, ann_id, sentences:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from vggt_deploy.data.preprocess import read_image
 from vggt_deploy.data.scenes import SPLIT_SEEDS, Scene, SceneConfig, generate_scene, object_area, scene_config_dict
 from vggt_deploy.data.vocabulary import SHAPES, category_id, category_names
 from vggt_deploy.errors import UserError
+from vggt_deploy.outputs import OutputFolder, check_output_path
 from vggt_deploy.paths import cache_dir
 
 
@@ -167,17 +165,31 @@ def _dump(obj: object, path: Path) -> None:
     path.write_text(json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n")
 
 
-def write_split(out_dir: str | Path, split: str, num_images: int, cfg: SceneConfig = SceneConfig(), progress: bool = True) -> Path:
-    """Generate `num_images` scenes of `split` into `out_dir` (atomically: temp folder, then rename).
+SYNTHETIC_DESCRIPTION = "vggt-deploy synthetic grounding scenes"
 
-    The same arguments always give byte-identical files.
+
+def _previous_split(out_dir: Path) -> set[str]:
+    """The files of a split this tool wrote earlier in `out_dir` (by its instances.json), else nothing."""
+    try:
+        data = json.loads((out_dir / "instances.json").read_text())
+        if data["info"]["description"] != SYNTHETIC_DESCRIPTION:
+            return set()
+        return {"instances.json", "refs.json", "images"} | {f"images/{img['file_name']}" for img in data["images"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def write_split(out_dir: str | Path, split: str, num_images: int, cfg: SceneConfig = SceneConfig(), progress: bool = True) -> Path:
+    """Generate `num_images` scenes of `split` into `out_dir` (all together: temporary folder, then rename).
+
+    The same arguments always give byte-identical files. An existing `out_dir` is replaced only when it
+    is empty or holds nothing but a split this tool wrote; anything else is refused.
     """
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    check_output_path(out_dir, [], folder=True)
+    with OutputFolder(out_dir, replaces=_previous_split(out_dir)) as tmp:
         (tmp / "images").mkdir()
         images, anns, refs, labels = [], [], [], []
         for index in tqdm(range(num_images), desc=f"generating {split}", disable=not progress, unit="img"):
@@ -198,17 +210,11 @@ def write_split(out_dir: str | Path, split: str, num_images: int, cfg: SceneConf
             labels.append({"image_id": image_id, "category_id": scene.label})
         categories = [{"id": i + 1, "name": n, "supercategory": n.split()[1]} for i, n in enumerate(category_names())]
         assert all(c["supercategory"] in SHAPES for c in categories)
-        info = {"description": "vggt-deploy synthetic grounding scenes", "split": split,
+        info = {"description": SYNTHETIC_DESCRIPTION, "split": split,
                 "seed": SPLIT_SEEDS[split], "num_images": num_images, "scene_config": scene_config_dict(cfg)}
         _dump({"info": info, "images": images, "annotations": anns, "categories": categories, "image_labels": labels},
               tmp / "instances.json")
         _dump(refs, tmp / "refs.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -53,11 +53,52 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, turning every failure into a one-line UserError."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the .onnx file inside it")
     if not path.is_file():
         raise UserError(f"{path}: ONNX file not found")
     try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the ONNX file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise UserError(f"{path}: empty file (0 bytes), not an ONNX model; export it again")
+    if size >= TWO_GB:
+        raise UserError(f"{path}: {size / 2**30:.1f} GB in one file; protobuf cannot read an ONNX file of 2 GB or "
+                        "more: save it with its weights as external data "
+                        "(onnx.save(model, path, save_as_external_data=True))")
+    try:
         model = onnx.load(str(path))
-        onnx.checker.check_model(model)
-    except Exception as exc:  # onnx raises many types (DecodeError, ValidationError, OSError)
-        raise UserError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # noqa: BLE001  (onnx raises many types: DecodeError, OSError, ValueError...)
+        raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    _check_versions(model, path)
+    try:
+        if model.ByteSize() >= TWO_GB:  # weights in external data: the checker must read them from disk
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except Exception as exc:  # noqa: BLE001  (ValidationError, and OSError/ValueError for external data)
+        raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    if not model.graph.output:
+        raise UserError(f"{path}: the graph has no outputs, so there is nothing to run; export it again with outputs")
     return model
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {(lines[0] if lines else 'no details')[:200]}"
+
+
+def _check_versions(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse IR versions and default-domain opsets newer than the installed onnx package knows."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise UserError(f"{path}: ONNX IR version {model.ir_version} is newer than the installed onnx "
+                        f"{onnx.__version__} reads (up to {onnx.IR_VERSION}); upgrade onnx or re-export "
+                        "with an older exporter")
+    supported = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > supported:
+            raise UserError(f"{path}: opset {opset.version} is newer than the installed onnx {onnx.__version__} "
+                            f"supports (up to {supported}); re-export with opset <= {supported} or upgrade onnx")

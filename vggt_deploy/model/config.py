@@ -7,14 +7,100 @@ can check what they were given.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
+
+# Inclusive ranges of the integer fields. The upper bounds are far above any model this project
+# builds; they stop a typo (embed_dim: 25600) from allocating hundreds of GB before a shape check.
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "image_size": (1, 4096), "patch_stride": (2, 1024), "embed_dim": (8, 16384), "depth": (1, 256),
+    "num_heads": (1, 1024), "num_grounding_tokens": (1, 4096), "ground_dim": (1, 16384), "query_dim": (1, 16384),
+    "query_depth": (0, 256), "query_heads": (1, 1024), "max_query_len": (1, 4096), "num_classes": (1, 1_000_000),
+    "vocab_size": (2, 10_000_000),
+}
+MLP_RATIO_MAX = 64.0
+MAX_PRIOR_ELEMENTS = 2**24  # grounding tokens x patches: the spatial prior buffers
+
+
+def _json_type(value: object) -> str:
+    """How a value reads in JSON terms, for messages ("a string '4'", "true", "a list")."""
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, str):
+        return f"a string {value[:40]!r}"
+    if isinstance(value, (list, tuple)):
+        try:
+            text = json.dumps(list(value))
+        except (TypeError, ValueError):
+            text = ""
+        return text if text and len(text) <= 60 else f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)[:40]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def config_problem(values: dict) -> str | None:
+    """The first thing wrong with a config's field values (types and ranges first), or None."""
+    name = values.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return f"field 'name' must be a non-empty string, got {_json_type(name)}"
+    for key, (low, high) in INT_RANGES.items():
+        value = values[key]
+        if not _is_int(value) or not low <= value <= high:
+            return f"field {key!r} must be an integer in {low}..{high}, got {_json_type(value)}"
+    ratio = values["mlp_ratio"]
+    if not _is_finite_number(ratio) or not 0 < ratio <= MLP_RATIO_MAX:
+        return f"field 'mlp_ratio' must be a finite number in (0, {MLP_RATIO_MAX:g}], got {_json_type(ratio)}"
+    if not isinstance(values["qk_norm"], bool):
+        return f"field 'qk_norm' must be true or false, got {_json_type(values['qk_norm'])}"
+    layers = values["grounding_layers"]
+    if not isinstance(layers, (list, tuple)) or not all(_is_int(i) for i in layers):
+        return f"field 'grounding_layers' must be a list of integers, got {_json_type(layers)}"
+    for key in ("mean", "std"):
+        triple = values[key]
+        if (not isinstance(triple, (list, tuple)) or len(triple) != 3
+                or not all(_is_finite_number(v) for v in triple)):
+            return f"field {key!r} must be a list of 3 finite numbers (R, G, B), got {_json_type(triple)}"
+    if not all(v > 0 for v in values["std"]):
+        return f"field 'std' must be positive (inputs are divided by it), got {list(values['std'])}"
+    grid = math.isqrt(values["num_grounding_tokens"])
+    embed_dim, heads, stride = values["embed_dim"], values["num_heads"], values["patch_stride"]
+    checks = [
+        (embed_dim % heads == 0, f"embed_dim ({embed_dim}) must be divisible by num_heads ({heads})"),
+        (embed_dim % 8 == 0, f"embed_dim ({embed_dim}) must be a multiple of 8 (the box encoding splits it in 8)"),
+        (int(embed_dim * ratio) >= 1, f"mlp_ratio ({ratio}) leaves no hidden units at embed_dim {embed_dim}"),
+        (values["query_dim"] % values["query_heads"] == 0,
+         f"query_dim ({values['query_dim']}) must be divisible by query_heads ({values['query_heads']})"),
+        (grid * grid == values["num_grounding_tokens"],
+         f"num_grounding_tokens ({values['num_grounding_tokens']}) must be a perfect square (a grid of reference boxes)"),
+        (stride & (stride - 1) == 0, f"patch_stride ({stride}) must be a power of 2"),
+        (values["image_size"] % stride == 0,
+         f"image_size ({values['image_size']}) must be a multiple of patch_stride ({stride})"),
+        (values["num_grounding_tokens"] * (values["image_size"] // stride) ** 2 <= MAX_PRIOR_ELEMENTS,
+         (f"num_grounding_tokens x (image_size / patch_stride)^2 exceeds {MAX_PRIOR_ELEMENTS} "
+          "(the token-to-patch prior would not fit in memory)")),
+        (len(layers) >= 1, "at least one grounding layer is needed (grounding_layers is empty)"),
+        (all(1 <= i <= values["depth"] for i in layers),
+         f"grounding_layers {list(layers)} must lie in 1..depth ({values['depth']})"),
+        (list(layers) == sorted(set(layers)), f"grounding_layers {list(layers)} must be increasing"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
 
 
 @dataclass(frozen=True)
@@ -57,20 +143,9 @@ class VGGTConfig:
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
     def __post_init__(self) -> None:
-        grid = math.isqrt(self.num_grounding_tokens)
-        checks = [
-            (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
-            (self.query_dim % self.query_heads == 0, "query_dim must be divisible by query_heads"),
-            (grid * grid == self.num_grounding_tokens, "num_grounding_tokens must be a perfect square (a grid of reference boxes)"),
-            (self.patch_stride >= 2 and self.patch_stride & (self.patch_stride - 1) == 0, "patch_stride must be a power of 2"),
-            (self.image_size % self.patch_stride == 0, "image_size must be a multiple of patch_stride"),
-            (all(1 <= i <= self.depth for i in self.grounding_layers), "grounding_layers must lie in 1..depth"),
-            (len(self.grounding_layers) >= 1, "at least one grounding layer is needed"),
-            (list(self.grounding_layers) == sorted(set(self.grounding_layers)), "grounding_layers must be increasing"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"config {self.name}: {message}")
+        problem = config_problem({f.name: getattr(self, f.name) for f in fields(self)})
+        if problem:
+            raise UserError(f"config {self.name}: {problem}")
 
     @property
     def grid_size(self) -> int:
@@ -85,13 +160,23 @@ class VGGTConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> VGGTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        """A config from its JSON form; every wrong field is a UserError naming `source` and the field."""
+        if not isinstance(data, dict):
+            raise UserError(f"{source}: 'config' must be a JSON object of config fields, got {_json_type(data)}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known), key=str)
         if unknown:
-            raise UserError(f"{source}: unknown config field(s) {unknown}")
+            hints = [f"{u!r} -> did you mean {close[0]!r}?" for u in unknown
+                     if (close := difflib.get_close_matches(str(u), known, n=1, cutoff=0.6))]
+            raise UserError(f"{source}: unknown config field(s) {unknown}"
+                            + (f" ({'; '.join(hints)})" if hints else f"; known fields: {', '.join(known)}"))
         if "name" not in data:
             raise UserError(f"{source}: missing required field 'name'")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        defaults = {f.name: f.default for f in fields(cls) if f.name != "name"}
+        problem = config_problem({**defaults, **values})
+        if problem:
+            raise UserError(f"{source}: config {problem}")
         return cls(**values)
 
     def config_hash(self) -> str:
@@ -123,9 +208,9 @@ def get_config(name: str, **overrides) -> VGGTConfig:
 @register_model
 def vggt_tiny(**overrides) -> VGGTConfig:
     """A 2-block model on 32x32 input for tests (milliseconds per step)."""
-    base = dict(name="vggt_tiny", image_size=32, patch_stride=8, embed_dim=32, depth=2, num_heads=2,
-                num_grounding_tokens=4, grounding_layers=(1, 2), ground_dim=32, query_dim=32,
-                query_depth=1, query_heads=2)
+    base = {"name": "vggt_tiny", "image_size": 32, "patch_stride": 8, "embed_dim": 32, "depth": 2, "num_heads": 2,
+            "num_grounding_tokens": 4, "grounding_layers": (1, 2), "ground_dim": 32, "query_dim": 32,
+            "query_depth": 1, "query_heads": 2}
     return VGGTConfig(**{**base, **overrides})
 
 
@@ -138,6 +223,6 @@ def vggt_small(**overrides) -> VGGTConfig:
 @register_model
 def vggt_ablation(**overrides) -> VGGTConfig:
     """A 4-block, width-96 model on 64x64 input for ablations that train many short runs (bench/ablations/)."""
-    base = dict(name="vggt_ablation", image_size=64, patch_stride=8, embed_dim=96, depth=4, num_heads=4,
-                grounding_layers=(2, 4), ground_dim=96, query_dim=64)
+    base = {"name": "vggt_ablation", "image_size": 64, "patch_stride": 8, "embed_dim": 96, "depth": 4,
+            "num_heads": 4, "grounding_layers": (2, 4), "ground_dim": 96, "query_dim": 64}
     return VGGTConfig(**{**base, **overrides})

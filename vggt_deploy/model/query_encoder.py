@@ -48,14 +48,34 @@ class WordTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> WordTokenizer:
+        """The vocabulary written by `save`: {"vocab": ["[PAD]", "[UNK]", sorted unique words...]}."""
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; expected the vocabulary file written with the model")
+        if path.exists() and not path.is_file():  # a FIFO or device would block the read
+            raise UserError(f"{path}: not a regular file (a pipe, socket or device)")
         try:
-            vocab = json.loads(path.read_text())["vocab"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a vocabulary file ({exc.__class__.__name__}: {exc})") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: vocabulary file not found (it is written next to the weights)") from None
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read the vocabulary file ({exc.strerror or exc})") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise UserError(f"{path}: not a vocabulary file (invalid JSON: {str(exc)[:120]})") from None
+        vocab = data.get("vocab") if isinstance(data, dict) else data if isinstance(data, list) else None
+        if not isinstance(vocab, list):
+            raise UserError(f'{path}: not a vocabulary file (expected {{"vocab": [words...]}} '
+                            f"as written by save_model)")
+        bad = next((i for i, w in enumerate(vocab) if not isinstance(w, str) or not w), None)
+        if bad is not None:
+            raise UserError(f"{path}: vocab[{bad}] must be a non-empty string, got {json.dumps(vocab[bad])[:40]}")
         if vocab[:2] != [PAD, UNK]:
             raise UserError(f"{path}: vocabulary must start with {PAD}, {UNK}")
-        return cls(vocab[2:])
+        words = vocab[2:]
+        if words != sorted(set(words) - {PAD, UNK}):
+            raise UserError(f"{path}: words must be unique and sorted after {PAD}, {UNK} (token ids follow that "
+                            "order; an edited vocabulary would shift them); restore the file saved with the model")
+        return cls(words)
 
 
 class QueryEncoder(nn.Module):

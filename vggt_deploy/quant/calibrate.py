@@ -30,44 +30,88 @@ def _list_images(source: Path) -> list[Path]:
 
         dataset = load_coco(source.parent, ann_file=source)
         return [dataset.image_path(r) for r in dataset.records]
+    if source.is_file():
+        raise UserError(f"{source}: calibration.images must be a folder of images, a COCO folder or an "
+                        "instances.json, not a single file")
     if not source.is_dir():
         raise UserError(f"{source}: calibration source not found (a folder of images, a COCO folder or instances.json)")
     if (source / MANIFEST).is_file():
         return calibration_files(source)
     if (source / "instances.json").is_file():
         return _list_images(source / "instances.json")
-    return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise UserError(f"{source}: cannot list the calibration folder ({exc.strerror or exc})") from None
 
 
 def calibration_tensors(spec: CalibrationSpec, pp: PreprocessConfig) -> np.ndarray:
     """Load `spec.num_images` preprocessed calibration inputs (N, 3, H, W) float32.
 
     Relative paths are found through `vggt_deploy.paths.resource` (working directory,
-    VGGT_DEPLOY_HOME, source checkout).
+    VGGT_DEPLOY_HOME, source checkout). Every input is checked before ONNX Runtime sees it:
+    `.npy` tensors must be numeric (3, pp.size, pp.size) arrays, and every value must be finite.
     """
     if spec.input.npy_dir:
         folder = resource(spec.input.npy_dir).resolve()
         if not folder.is_dir():
             raise UserError(f"{folder}: calibration .npy folder not found")
-        files = sorted(folder.glob("*.npy"))[: spec.num_images]
+        try:
+            files = sorted(p for p in folder.glob("*.npy") if p.is_file())[: spec.num_images]
+        except OSError as exc:
+            raise UserError(f"{folder}: cannot list the calibration .npy folder ({exc.strerror or exc})") from None
         _enough(files, spec.num_images, folder)
-        arrays = []
-        for f in files:
-            try:
-                arrays.append(np.load(f, allow_pickle=False).astype(np.float32))
-            except (ValueError, OSError) as exc:
-                raise UserError(f"{f}: not a readable .npy tensor ({exc})") from None
-        return np.stack(arrays)
+        return np.stack([_load_npy(f, pp) for f in files])
     source = resource(spec.images).resolve()
     files = _list_images(source)[: spec.num_images]
     _enough(files, spec.num_images, source)
     out = np.empty((len(files), 3, pp.size, pp.size), np.float32)
-    for i, f in enumerate(tqdm(files, desc="calibration images", unit="img", leave=False)):
-        image = read_image(f)
-        if spec.input.channel_order == "bgr":
-            image = image[:, :, ::-1].copy()  # foreign model wants BGR: preprocess flips to RGB, so pre-flip
-        out[i] = preprocess(image, pp)
+    # the bar shows on a terminal only, and is closed (cleared) before an error is printed
+    with tqdm(total=len(files), desc="calibration images", unit="img", leave=False, disable=None) as bar:
+        for i, f in enumerate(files):
+            image = read_image(f)
+            if spec.input.channel_order == "bgr":
+                image = image[:, :, ::-1].copy()  # foreign model wants BGR: preprocess flips to RGB, so pre-flip
+            out[i] = preprocess(image, pp)
+            if not np.isfinite(out[i]).all():
+                raise UserError(f"{f}: preprocessing gives NaN or inf values; check the preprocessing "
+                                f"(mean {list(pp.mean)}, std {list(pp.std)}: std must be finite and non-zero)")
+            bar.update(1)
     return out
+
+
+def _load_npy(path: Path, pp: PreprocessConfig) -> np.ndarray:
+    """One calibration tensor: a numeric, finite (3, size, size) array, read without pickle."""
+    expected = (3, pp.size, pp.size)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
+    except (ValueError, OSError, EOFError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "Python objects" in reason or "Object arrays" in reason:
+            raise UserError(f"{path}: holds Python objects (dtype object), not numbers; calibration tensors are "
+                            "float32 arrays (numpy.save of a numeric array)") from None
+        raise UserError(f"{path}: not a readable .npy tensor ({reason[:160]}); save it with numpy.save") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise UserError(f"{path}: not a single .npy array (an .npz archive?); save one array with numpy.save")
+    if array.dtype.kind not in "fiu" or array.dtype.fields is not None:
+        raise UserError(f"{path}: dtype {array.dtype} is not numeric; calibration tensors are float32 "
+                        "(ints are accepted)")
+    if array.shape != expected:
+        raise UserError(f"{path}: shape {tuple(array.shape)}, but calibration tensors must be (channels, height, "
+                        f"width) = {expected}, preprocessed like the model's input")
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are reported below
+            values = np.array(array, dtype=np.float32)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: not a readable .npy tensor ({str(exc)[:160]})") from None
+    finally:
+        del array
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise UserError(f"{path}: {bad} NaN or inf value(s) (or values beyond float32); calibration tensors "
+                        "must be finite")
+    return values
 
 
 def _enough(files: list, wanted: int, source: Path) -> None:
@@ -85,7 +129,7 @@ class TensorReader:
         self.images, self.image_input = images, image_input
         self.extra = extra_feeds or {}
         self.index = 0
-        self.bar = tqdm(total=len(images), desc="calibrating", unit="img", leave=False)
+        self.bar = tqdm(total=len(images), desc="calibrating", unit="img", leave=False, disable=None)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.index >= len(self.images):

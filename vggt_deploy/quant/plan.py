@@ -10,9 +10,12 @@ A plan says, per layer, what precision and granularity to use::
       - match: "heads.*"
         precision: fp32
 
-Every mistake is a `PlanError` naming the file, the line and the field. A rule
+Every mistake is a `PlanError` naming the file, the line and the field, on one line. A rule
 that matches no layer is an error too (with the closest layer names), but that
 check needs the model's layers, so it happens in `QdqPlan.resolve`.
+
+Reading the YAML itself safely (size limit, no aliases, no duplicate keys, the line of every
+field) lives in `plan_yaml.py`; which `re:` patterns are safe to match lives in `plan_regex.py`.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import difflib
 import fnmatch
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vggt_deploy.errors import UserError
+from vggt_deploy.quant.plan_regex import regex_problem
+from vggt_deploy.quant.plan_yaml import PlanError, key_text, load_yaml, read_plan_file
 
 VERSION = 1
 TARGETS = ("tensorrt", "onnxruntime-cpu")
@@ -38,16 +41,20 @@ GRANULARITIES = ("per-channel", "per-tensor", "per-block")
 ACTIVATIONS = ("static", "dynamic", "off")
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
-# What each target can run. TensorRT has no int16 QDQ and no dynamic activation quantization,
-# and its int4 weight-only path needs blocked DequantizeLinear (opset 21), which TensorRT 10.3's
-# parser (JetPack 6) does not read. ONNX Runtime's CPU provider has no fast fp16 kernels, so
-# fp16 there would be a silent slowdown.
-TARGET_PRECISIONS = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32")}
+# What each target's runtime can run at all. TensorRT has no int16 QDQ and no dynamic activation
+# quantization, and its int4 weight-only path needs blocked DequantizeLinear (opset 21), which
+# TensorRT 10.3's parser (JetPack 6) does not read. ONNX Runtime's CPU provider has no fast fp16
+# kernels, so fp16 there would be a silent slowdown.
+TARGET_CAN_RUN = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32")}
+# What this release builds for each target: the parser refuses the rest, so `plan show` and
+# `export` agree (quant/qdq.py keeps its own check as a second guard).
+TARGET_PRECISIONS = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "fp32")}
+# Precisions a target could run but this release does not build yet, and what to use instead.
+NOT_IMPLEMENTED = {"int16": "int8 or fp32"}
 TARGET_ACTIVATIONS = {"tensorrt": ("static",), "onnxruntime-cpu": ACTIVATIONS}
-
-
-class PlanError(UserError):
-    """A plan that cannot be used; the message names file, line and field."""
+MAX_MATCH_CHARS = 500  # layer names are shorter; a longer pattern is a mistake
+MAX_TEXT_CHARS = 4096  # paths and input names
+TOP_KEYS = ("version", "target", "calibration", "default", "rules")
 
 
 @dataclass(frozen=True)
@@ -158,17 +165,24 @@ class QdqPlan:
 # ---- parsing -----------------------------------------------------------------------------------
 
 
-def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> None:
-    """Record the 1-based line of every mapping key and list item, by dotted path."""
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            sub = f"{path}.{key.value}" if path else str(key.value)
-            out[sub] = key.start_mark.line + 1
-            _lines(value, sub, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, f"{path}[{i}]", out)
+def _show(value: Any) -> str:
+    """A value for a one-line message: YAML words for booleans and null, long values shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words."""
+    if isinstance(value, bool):
+        return f"a boolean ({_show(value)})"
+    if value is None:
+        return "nothing (null)"
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number"}
+    return f"{names.get(type(value), type(value).__name__)} ({_show(value)})"
 
 
 class _Reader:
@@ -184,31 +198,48 @@ class _Reader:
             line = self.lines.get(parent, 1)
         return PlanError(f"{self.source}:{line}: {path}: {message}")
 
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
-        if value is None:
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: bool = False) -> dict:
+        if value is None and not required:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping, got {type(value).__name__}")
+            raise self.fail(path, f"expected a mapping (key: value), got {_kind(value)}")
         for key in value:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
-                raise self.fail(f"{path}.{key}" if path else str(key), f"unknown key{hint}")
+                raise self.fail(f"{path}.{key_text(key)}" if path else key_text(key), f"unknown key{hint}")
         return value
 
     def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
+        if isinstance(value, bool) or value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise self.fail(path, f"{_show(value)} is not one of {', '.join(choices)}{hint}")
         return value
 
     def typed(self, value: Any, path: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
-        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
+        """`value` as `kind`; booleans are never numbers, numbers must be finite and in [lo, hi]."""
+        if kind is bool:
+            ok = isinstance(value, bool)
+        else:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
         if not ok:
-            raise self.fail(path, f"expected {kind.__name__}, got {value!r}")
+            raise self.fail(path, f"expected {kind.__name__}, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {_show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.fail(path, f"{value!r} is outside [{lo}, {hi}]")
+            raise self.fail(path, f"{_show(value)} is outside [{lo}, {hi}]")
+        return float(value) if kind is float else value
+
+    def text(self, value: Any, path: str) -> str:
+        """A non-empty one-line string (a path or a name)."""
+        value = self.typed(value, path, str)
+        if not value.strip():
+            raise self.fail(path, "must not be empty")
+        if "\x00" in value or "\n" in value:
+            raise self.fail(path, f"{_show(value)} contains a NUL or newline character")
+        if len(value) > MAX_TEXT_CHARS:
+            raise self.fail(path, f"is {len(value)} characters long (at most {MAX_TEXT_CHARS})")
         return value
 
 
@@ -221,12 +252,17 @@ def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any
         p = f"{path}.{key}"
         if key == "precision":
             r.choice(value, p, PRECISIONS)
-            if value not in TARGET_PRECISIONS[target]:
+            if value not in TARGET_CAN_RUN[target]:
                 raise r.fail(p, f"{value} cannot run on target {target} (use one of {', '.join(TARGET_PRECISIONS[target])})")
+            if value not in TARGET_PRECISIONS[target]:
+                instead = NOT_IMPLEMENTED.get(value, ", ".join(TARGET_PRECISIONS[target]))
+                raise r.fail(p, f"{value} is not implemented in this release (use {instead})")
         elif key == "weight_granularity":
             r.choice(value, p, GRANULARITIES)
         elif key == "block_size":
-            r.typed(value, p, int, 8, 4096)
+            r.typed(value, p, int, 16, 4096)
+            if value & (value - 1):
+                raise r.fail(p, f"{value} is not a power of two (MatMulNBits takes 16, 32, 64, ... 4096)")
         elif key == "activations":
             if value is False:  # YAML 1.1 reads a bare `off` as false
                 value = "off"
@@ -249,44 +285,58 @@ def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
         raise r.fail(path, "per-block weights are weight-only: set activations: off")
 
 
+def _match(r: _Reader, value: Any, path: str) -> str:
+    """A rule's pattern: a glob, or `re:` and a regular expression that cannot backtrack for long."""
+    pattern = r.typed(value, path, str)
+    if not pattern.strip() or pattern == "re:":
+        raise r.fail(path, "empty pattern (write a glob like 'blocks.*' or 're:' and a regular expression)")
+    if len(pattern) > MAX_MATCH_CHARS:
+        raise r.fail(path, f"pattern is {len(pattern)} characters long (at most {MAX_MATCH_CHARS})")
+    if "\x00" in pattern:
+        raise r.fail(path, "pattern contains a NUL character")
+    if pattern.startswith("re:"):
+        problem = regex_problem(pattern[3:])
+        if problem is not None:
+            raise r.fail(path, problem)
+    return pattern
+
+
 def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> QdqPlan:
     """Parse and validate a plan document; `target` overrides the plan's own target."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise PlanError(f"{source}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
-    lines: dict[str, int] = {}
-    if node is not None:
-        _lines(node, "", lines)
+    data, lines = load_yaml(text, source)
     r = _Reader(source, lines)
-    top = r.mapping(data, "", ("version", "target", "calibration", "default", "rules"))
+    if data is None:
+        raise PlanError(f"{source}:1: empty plan (a plan starts with 'version: {VERSION}')")
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}:{lines.get('', 1)}: a plan is a mapping of {', '.join(TOP_KEYS)}; "
+                        f"got {_kind(data)}")
+    top = r.mapping(data, "", TOP_KEYS)
     if "version" not in top:
         raise r.fail("version", f"missing; this release reads version: {VERSION}")
-    if top["version"] != VERSION:
-        raise r.fail("version", f"unsupported version {top['version']!r}; this release reads version: {VERSION}")
+    version = top["version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise r.fail("version", f"expected an integer, got {_show(version)}; this release reads version: {VERSION}")
+    if version != VERSION:
+        raise r.fail("version", f"unsupported version {version!r}; this release reads version: {VERSION}")
+    if "target" in top:  # checked even when overridden: a typo should not hide behind --target
+        r.choice(top["target"], "target", TARGETS)
     target = r.choice(target or top.get("target", "onnxruntime-cpu"), "target", TARGETS)
     calibration = _calibration(r, top.get("calibration"))
     default_raw = r.mapping(top.get("default"), "default", _SPEC_FIELDS)
     default = LayerSpec(**_spec_fields(r, default_raw, "default", target))
     _check_spec(r, default, "default")
-    rules_raw = top.get("rules") or []
+    rules_raw = top.get("rules")
+    if rules_raw is None:  # absent, or `rules:` with every rule commented out
+        rules_raw = []
     if not isinstance(rules_raw, list):
-        raise r.fail("rules", "expected a list of rules")
+        raise r.fail("rules", f"expected a list of rules ('- match: ...' lines), got {_kind(rules_raw)}")
     rules = []
     for i, raw in enumerate(rules_raw):
         path = f"rules[{i}]"
-        raw = r.mapping(raw, path, ("match",) + _SPEC_FIELDS)
+        raw = r.mapping(raw, path, ("match",) + _SPEC_FIELDS, required=True)
         if "match" not in raw:
             raise r.fail(path, "missing 'match' (a glob or 're:' pattern on layer names)")
-        pattern = r.typed(raw["match"], f"{path}.match", str)
-        if pattern.startswith("re:"):
-            try:
-                re.compile(pattern[3:])
-            except re.error as exc:
-                raise r.fail(f"{path}.match", f"bad regular expression ({exc})") from None
+        pattern = _match(r, raw["match"], f"{path}.match")
         overrides = _spec_fields(r, {k: v for k, v in raw.items() if k != "match"}, path, target)
         _check_spec(r, dataclasses.replace(default, **overrides), path)
         rules.append(Rule(match=pattern, overrides=overrides, line=lines.get(path, 1)))
@@ -302,7 +352,7 @@ def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
     if "percentile" in raw:
         values["percentile"] = r.typed(raw["percentile"], f"{path}.percentile", float, 50.0, 100.0)
     if "images" in raw:
-        values["images"] = r.typed(raw["images"], f"{path}.images", str)
+        values["images"] = r.text(raw["images"], f"{path}.images")
     if "num_images" in raw:
         values["num_images"] = r.typed(raw["num_images"], f"{path}.num_images", int, 1, 100_000)
     if "input" in raw:
@@ -312,13 +362,15 @@ def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
         for key, value in inp.items():
             p = f"{ip}.{key}"
             if key in ("name", "npy_dir"):
-                spec[key] = r.typed(value, p, str)
+                spec[key] = r.text(value, p)
             elif key == "size":
                 spec[key] = r.typed(value, p, int, 1, 8192)
             elif key in ("mean", "std"):
                 if not (isinstance(value, list) and len(value) == 3):
-                    raise r.fail(p, "expected a list of 3 numbers")
-                spec[key] = tuple(r.typed(v, p, float) for v in value)
+                    raise r.fail(p, f"expected a list of 3 numbers, got {_kind(value)}")
+                spec[key] = tuple(r.typed(v, f"{p}[{j}]", float, -1e6, 1e6) for j, v in enumerate(value))
+                if key == "std" and min(spec[key]) <= 0:
+                    raise r.fail(p, f"every std must be > 0, got {_show(list(spec[key]))}")
             elif key == "channel_order":
                 spec[key] = r.choice(value, p, ("rgb", "bgr"))
         values["input"] = InputSpec(**spec)
@@ -328,10 +380,21 @@ def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
 def load_plan(path: str | Path, target: str | None = None) -> QdqPlan:
     """Read and validate a plan file (for `target` instead of its own, when given)."""
     path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"{path}: plan file not found (shipped plans live in models/plans/)")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        if path.is_dir():
+            raise PlanError(f"{path}: is a folder, not a plan file")
+        if not path.is_file():
+            what = "is not a regular file" if path.exists() else "plan file not found"
+            raise PlanError(f"{path}: {what} (shipped plans: {_shipped_names()})")
+    except (OSError, ValueError) as exc:
         raise PlanError(f"{path}: cannot read plan ({exc})") from None
-    return parse_plan(text, source=str(path), target=target)
+    return parse_plan(read_plan_file(path), source=str(path), target=target)
+
+
+def _shipped_names() -> str:
+    from vggt_deploy.paths import shipped_plan_names
+
+    try:
+        return ", ".join(shipped_plan_names())
+    except OSError:  # pragma: no cover - broken installation
+        return "none found"

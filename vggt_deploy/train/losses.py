@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from vggt_deploy.boxes import cxcywh_to_xyxy, generalized_box_iou
 from vggt_deploy.model.vggt import VGGT, Features, LayerOutputs
+from vggt_deploy.train import CLS_LOSSES  # noqa: F401  (re-exported: the choices of LossWeights.cls_loss)
 from vggt_deploy.train.matcher import hungarian_match
 
 
@@ -31,7 +32,7 @@ class LossWeights:
 
     lambda_loc: float = 1.0
     lambda_ground: float = 1.0
-    cls_loss: str = "focal"  # focal | ce
+    cls_loss: str = "focal"  # one of CLS_LOSSES
     w_focal: float = 2.0
     w_image: float = 0.5
     w_dense: float = 1.0

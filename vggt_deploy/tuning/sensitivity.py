@@ -11,8 +11,11 @@ base plan and scored on a subset of the eval split:
 The two disagree when units interact, so the ranking uses their mean
 (``score``). Each unit's latency and size saving is measured too: batch-1
 ONNX Runtime latency of all variants in alternating rounds (one process,
-non-spinning pools) and file sizes. The top units and the all-quantized model
-are then re-scored on the full eval split to confirm the answer.
+non-spinning pools) and file sizes. The FP32 and the all-quantized files are
+timed twice each (as separate sessions); the larger gap between the twins is
+the run's timing noise, and a latency saving smaller than it counts as zero
+(the measured value is kept beside it). The top units and the all-quantized
+model are then re-scored on the full eval split to confirm the answer.
 """
 
 from __future__ import annotations
@@ -56,18 +59,61 @@ class UnitResult:
     damage_except: float
     recovery: float
     score: float
-    latency_saving_ms: float | None
+    latency_saving_ms: float | None  # zero when within the run's timing noise
     size_saving_mb: float
+    latency_saving_measured_ms: float | None = None  # before the noise floor
     full_damage_only: float | None = None
     full_damage_except: float | None = None
+
+
+@dataclass
+class SensitivityResult:
+    """A sensitivity run, units ranked most sensitive first; `to_json` only where it is written out."""
+
+    config: SensitivityConfig
+    unit_kind: str
+    base_plan: str
+    target: str
+    damage_unit: str
+    damage_all: float
+    subset_images: int
+    scores: dict[str, float]
+    latency_ms: dict[str, float]
+    latency_noise_ms: float | None
+    size_mb: dict[str, float]
+    units: list[UnitResult]
+    confirmation: dict | None = None
+    command: str = ""
+
+    def unit(self, name: str) -> UnitResult:
+        return next(u for u in self.units if u.unit == name)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+REPEAT = "#repeat"  # label suffix of the timing twins that measure the noise
+
+
+def timing_noise(latency: dict[str, float]) -> float | None:
+    """The largest gap between a file's two timings in one run (None without twins)."""
+    gaps = [abs(latency[label] - latency[label + REPEAT]) for label in latency if label + REPEAT in latency]
+    return max(gaps) if gaps else None
+
+
+def above_noise(saving: float | None, noise: float | None) -> float | None:
+    """`saving`, or 0.0 when it is within the timing noise of its run."""
+    if saving is None or noise is None:
+        return saving
+    return saving if abs(saving) > noise else 0.0
 
 
 def _damage(metric: str, reference: float, value: float) -> float:
     return 100.0 * (reference - value) if metric == "map" else value - reference
 
 
-def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = True) -> dict:
-    """Measure every unit of `bench`; returns the JSON-ready result (units ranked, most sensitive first)."""
+def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = True) -> SensitivityResult:
+    """Measure every unit of `bench`; units ranked, most sensitive first."""
     names = [u.name for u in bench.units]
     every = frozenset(names)
     variants = {"fp32": frozenset(), "all": every}
@@ -80,7 +126,9 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
         bar.set_postfix_str(label)
         paths[label] = bench.build(quantized)
         scores[label] = bench.score(paths[label], cfg.metric, cfg.images)
-    latency = bench.latency(paths, cfg.latency_rounds) if cfg.latency_rounds else {}
+    timed = {**paths, **{label + REPEAT: paths[label] for label in ("fp32", "all")}}
+    latency = bench.latency(timed, cfg.latency_rounds) if cfg.latency_rounds else {}
+    noise = timing_noise(latency)
     sizes = {label: path.stat().st_size / 1e6 for label, path in paths.items()}
     damage = {label: _damage(cfg.metric, scores["fp32"], value) for label, value in scores.items()}
     rows = []
@@ -90,23 +138,15 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
         lat = (0.5 * ((latency["fp32"] - latency[only]) + (latency[exc] - latency["all"])) if latency else None)
         size = 0.5 * ((sizes["fp32"] - sizes[only]) + (sizes[exc] - sizes["all"]))
         rows.append(UnitResult(unit.name, len(unit.layers), damage[only], damage[exc], recovery,
-                               0.5 * (damage[only] + recovery), lat, size))
+                               0.5 * (damage[only] + recovery), above_noise(lat, noise), size,
+                               latency_saving_measured_ms=lat))
     rows.sort(key=lambda r: (-r.score, r.unit))
     confirmation = _confirm(bench, cfg, rows, variants, paths, progress) if cfg.confirm_top else None
-    return {
-        "config": asdict(cfg),
-        "unit_kind": bench.unit_kind,
-        "base_plan": bench.base.source,
-        "target": bench.base.target,
-        "damage_unit": "mAP points" if cfg.metric == "map" else "output error %",
-        "damage_all": damage["all"],
-        "subset_images": min(cfg.images, len(bench.dataset.records)),
-        "scores": scores,
-        "latency_ms": latency,
-        "size_mb": sizes,
-        "units": [asdict(r) for r in rows],
-        "confirmation": confirmation,
-    }
+    return SensitivityResult(
+        config=cfg, unit_kind=bench.unit_kind, base_plan=bench.base.source, target=bench.base.target,
+        damage_unit="mAP points" if cfg.metric == "map" else "output error %", damage_all=damage["all"],
+        subset_images=min(cfg.images, len(bench.dataset.records)), scores=scores, latency_ms=latency,
+        latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation)
 
 
 def _confirm(bench: Workbench, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict, paths: dict,

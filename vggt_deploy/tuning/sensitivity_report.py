@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vggt_deploy.fileio import atomic_save_figure, atomic_write_text
+from vggt_deploy.outputs import OutputFolder
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -63,13 +64,14 @@ def plot(result: dict, path: Path) -> Path:
 
 
 def write_sensitivity(result: dict, out_dir: Path) -> dict[str, Path]:
-    """sensitivity.json, sensitivity.md and sensitivity.png in `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "sensitivity.json", "md": out_dir / "sensitivity.md", "png": out_dir / "sensitivity.png"}
-    atomic_write_text(paths["json"], json.dumps(result, indent=1) + "\n")
-    atomic_write_text(paths["md"], markdown(result))
-    plot(result, paths["png"])
-    return paths
+    """sensitivity.json, sensitivity.md and sensitivity.png in `out_dir`, moved in together."""
+    out_dir = Path(out_dir)
+    names = {"json": "sensitivity.json", "md": "sensitivity.md", "png": "sensitivity.png"}
+    with OutputFolder(out_dir) as tmp:
+        atomic_write_text(tmp / names["json"], json.dumps(result, indent=1) + "\n")
+        atomic_write_text(tmp / names["md"], markdown(result))
+        plot(result, tmp / names["png"])
+    return {key: out_dir / name for key, name in names.items()}
 
 
 def auto_markdown(summary: dict) -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from vggt_deploy.backends.onnxruntime.session import import_ort, session_options
+from vggt_deploy.backends.onnxruntime.session import create_session, import_ort, session_options
 from vggt_deploy.errors import UserError
 from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.outputs import OutputFolder, check_output_path
 
 LEVELS = ("basic", "extended", "all")
 
@@ -36,7 +36,10 @@ def _transformer_fusions(src: Path, dst: Path, num_heads: int, hidden: int) -> d
 
 def build_ort(onnx_file: Path, out: Path, level: str = "extended", fmt: str = "onnx", fusions: bool = False,
               threads: int | None = None) -> dict:
-    """Write the optimized model to `out` (atomically) and `out`.json with its settings; returns them."""
+    """Write the optimized model to `out` and `out`.json with its settings (together); returns the settings."""
+    out = Path(out)
+    sidecar = out.name + ".json"
+    check_output_path(out, [onnx_file], files=[sidecar])
     ort = import_ort()
     from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
@@ -44,37 +47,32 @@ def build_ort(onnx_file: Path, out: Path, level: str = "extended", fmt: str = "o
         raise UserError(f"--level must be one of {', '.join(LEVELS)}")
     model = load_onnx(onnx_file)
     meta = get_metadata(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    source = onnx_file
-    fused: dict = {}
-    tmp_fused = out.with_name(f".{out.stem}.fused.onnx")
-    if fusions:
-        heads = int(meta.get("vggt.num_heads", "0")) or 4
-        hidden = int(meta.get("vggt.embed_dim", "0")) or 256
-        fused = _transformer_fusions(onnx_file, tmp_fused, heads, hidden)
-        source = tmp_fused
     opts = session_options(threads)
     opts.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
-    tmp = out.with_name(f".{out.name}.tmp")
-    opts.optimized_model_filepath = str(tmp)
     if fmt == "ort":
         opts.add_session_config_entry("session.save_model_format", "ORT")
-    try:
-        ort.InferenceSession(str(source), sess_options=opts, providers=["CPUExecutionProvider"])
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with OutputFolder(out.parent) as tmp:  # the model and its sidecar appear together or not at all
+        source = onnx_file
+        fused: dict = {}
+        tmp_fused = tmp / ".fused.onnx"
+        if fusions:
+            heads = int(meta.get("vggt.num_heads", "0")) or 4
+            hidden = int(meta.get("vggt.embed_dim", "0")) or 256
+            fused = _transformer_fusions(onnx_file, tmp_fused, heads, hidden)
+            source = tmp_fused
+        opts.optimized_model_filepath = str(tmp / out.name)
+        create_session(source if source == onnx_file else str(source), opts, ["CPUExecutionProvider"])
         tmp_fused.unlink(missing_ok=True)
-    settings = {
-        "source": str(onnx_file), "source_sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
-        "onnxruntime": ort.__version__, "optimization_level": level, "format": fmt, "transformer_fusions": fused,
-        "session": {"intra_op_num_threads": threads, "allow_spinning": False,
-                    "graph_optimization_level": "disable (already optimized)"},
-        "portable": level != "all",
-    }
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(settings, indent=1) + "\n")
+        settings = {
+            "source": str(onnx_file), "source_sha256": hashlib.sha256(Path(onnx_file).read_bytes()).hexdigest(),
+            "onnxruntime": ort.__version__, "optimization_level": level, "format": fmt, "transformer_fusions": fused,
+            "session": {"intra_op_num_threads": threads, "allow_spinning": False,
+                        "graph_optimization_level": "disable (already optimized)"},
+            "portable": level != "all",
+        }
+        atomic_write_text(tmp / sidecar, json.dumps(settings, indent=1) + "\n")
     return settings

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vggt_deploy.backends.base import Runner
-from vggt_deploy.backends.onnxruntime.session import import_ort, make_session
+from vggt_deploy.backends.onnxruntime.session import create_session, make_session, session_options
 
 _DTYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16),
            "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32), "tensor(uint8)": np.dtype(np.uint8)}
@@ -33,10 +33,7 @@ class OrtRunner(Runner):
         if self.providers == ["CPUExecutionProvider"]:
             self.session = make_session(self.path, threads=self.threads)
         else:
-            from vggt_deploy.backends.onnxruntime.session import session_options
-
-            ort = import_ort()
-            self.session = ort.InferenceSession(str(self.path), session_options(self.threads), providers=self.providers)
+            self.session = create_session(self.path, session_options(self.threads), self.providers)
         self.input_spec = {
             i.name: (_DTYPES.get(i.type, np.dtype(np.float32)), tuple(d if isinstance(d, int) else None for d in i.shape))
             for i in self.session.get_inputs()

@@ -8,6 +8,7 @@ being measured or run in the same process.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,45 @@ def session_options(threads: int | None = None, optimize: bool = True) -> Any:
 
 def make_session(model: bytes | str | Path, threads: int | None = None, optimize: bool = True) -> Any:
     """A CPU InferenceSession from a path or serialized bytes; load failures are UserErrors."""
+    return create_session(model, session_options(threads, optimize), ["CPUExecutionProvider"])
+
+
+def create_session(model: bytes | str | Path, options: Any, providers: list[str]) -> Any:
+    """`onnxruntime.InferenceSession`, with every load failure as one UserError naming the file.
+
+    ONNX Runtime refuses models it cannot run (an op of a custom domain without its library, an
+    opset it does not know, an op without a kernel) with its own exception types.
+    """
     ort = import_ort()
     source = model if isinstance(model, bytes) else str(model)
+    name = "<in-memory model>" if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, sess_options=session_options(threads, optimize),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        name = "<in-memory model>" if isinstance(model, bytes) else str(model)
-        raise UserError(f"{name}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
+    except ort_errors() as exc:
+        raise UserError(f"{name}: ONNX Runtime cannot load it ({ort_reason(exc)})") from None
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises (Fail, InvalidGraph, NotImplemented, ...), plus RuntimeError."""
+    import_ort()
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    found = [v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return (RuntimeError, *found)
+
+
+_ORT_NOISE = (
+    re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*"),  # [ONNXRuntimeError] : 1 : FAIL :
+    re.compile(r"^Load model from .*? failed:\s*"),
+    re.compile(r"^(Fatal error:\s*)"),
+    re.compile(r"^/\S+:\d+ .*?\) "),  # C++ source location and function signature
+)
+
+
+def ort_reason(exc: BaseException) -> str:
+    """The first line of ONNX Runtime's message, without its status prefix and C++ source location."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else exc.__class__.__name__
+    for pattern in _ORT_NOISE:
+        text = pattern.sub("", text, count=1)
+    return text.strip()[:240] or exc.__class__.__name__
