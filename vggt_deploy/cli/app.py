@@ -7,6 +7,7 @@ traceback; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -15,6 +16,15 @@ import click
 from vggt_deploy.errors import UserError
 from vggt_deploy.paths import default_model_dir, plan_path
 from vggt_deploy.quant.plan import TARGETS
+
+
+_USER_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                     errno.EROFS, errno.ENOSPC, errno.ELOOP, errno.EEXIST}
+
+
+def _short(name: object, limit: int = 120) -> str:
+    text = str(name)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]} ({len(text)} characters)"
 
 
 def one_line(message: str) -> str:
@@ -30,6 +40,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {one_line(exc)}", err=True)
+            sys.exit(2)
+        except OSError as exc:
+            if exc.errno not in _USER_PATH_ERRNOS:
+                raise
+            # A path the user gave that the file system refuses (too long, missing folder, permissions...).
+            click.echo(f"error: {_short(exc.filename)}: {exc.strerror}; check the path", err=True)
             sys.exit(2)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
