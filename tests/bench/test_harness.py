@@ -10,22 +10,30 @@ from vggt_deploy.cli import main
 
 def test_bench_runs_every_target_and_reports_failures_as_rows(tiny_model_dir, tmp_path):
     out = tmp_path / "results"
+    bad = tmp_path / "bad.yaml"  # a plan written for a deeper model: the mixed targets fail, the rest run
+    bad.write_text("version: 1\ndefault: {precision: int8}\nrules:\n  - match: 'blocks.9.*'\n    precision: fp32\n")
     result = CliRunner().invoke(main, [
         "bench", "--model", str(tiny_model_dir), "--eval-images", "4", "--rounds", "3", "--warmup", "1",
-        "--threads", "1", "--build-dir", str(tmp_path / "build"), "--results-dir", str(out),
-        "--json", "--targets", "torch-fp32,ort-fp32,ort-int8,ort-mixed"])
+        "--threads", "1", "--build-dir", str(tmp_path / "build"), "--results-dir", str(out), "--plan", str(bad),
+        "--json", "--targets", "torch-fp32,ort-fp32,ort-int8,ort-mixed,ov-bf16,ov-int8,ov-mixed"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # --json: one JSON object on stdout, the table on stderr
     assert report == json.loads((out / "bench.json").read_text())
     rows = {r["name"]: r for r in report["targets"]}
-    assert rows["ort-mixed"]["status"] == "failed" and "matches no layer" in rows["ort-mixed"]["reason"]
-    for name in ("torch-fp32", "ort-fp32", "ort-int8"):
+    for name in ("ort-mixed", "ov-mixed"):
+        assert rows[name]["status"] == "failed" and "matches no layer" in rows[name]["reason"]
+    for name in ("torch-fp32", "ort-fp32", "ort-int8", "ov-bf16", "ov-int8"):
         row = rows[name]
         assert row["status"] == "ok", row
         for key in ("size_mb", "gflops", "fps", "map", "map50", "refexp_acc"):
             assert row[key] is not None, (name, key)
         assert row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
     assert rows["ort-int8"]["size_mb"] < rows["ort-fp32"]["size_mb"]
+    # Every row says what ran it and with which plan; OpenVINO runs the very same QDQ file.
+    assert rows["ov-int8"]["runtime"].startswith("openvino ") and rows["ov-int8"]["plan"] == "int8"
+    assert rows["ort-fp32"]["runtime"].startswith("onnxruntime ") and rows["ort-fp32"]["plan"] is None
+    assert rows["ov-int8"]["file"] == rows["ort-int8"]["file"]
+    assert abs(rows["ov-int8"]["map"] - rows["ort-int8"]["map"]) < 0.05
     assert report["matmul_peak_gops"]["int8"] > 0 and report["environment"]["onnxruntime"]
     for name in ("bench.json", "bench.csv", "bench.md", "bench_latency_vs_map.png", "bench_size_vs_map.png"):
         assert (out / name).is_file()

@@ -26,6 +26,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("torch", ".safetensors", ("cpu",), ("fp32", "int8-dynamic"), ("torch",)),
         Backend("onnxruntime", ".onnx", ("cpu",), ("fp32", "int8", "mixed"), ("onnxruntime",)),
+        Backend("openvino", ".xml", ("cpu",), ("f32", "bf16", "int8", "mixed"), ("openvino",)),
         Backend("tensorrt", ".engine", ("cuda", "jetson"), ("fp16", "int8", "mixed"), ("tensorrt", "pycuda")),
     )
 }

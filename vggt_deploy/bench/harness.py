@@ -10,9 +10,7 @@ number of threads and no spinning, so ratios measured in one run are honest.
 from __future__ import annotations
 
 import difflib
-import os
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,29 +19,13 @@ from tqdm import tqdm
 
 from vggt_deploy.backends.base import Runner
 from vggt_deploy.backends.capabilities import backend_for
-from vggt_deploy.backends.onnxruntime.runner import OrtRunner
-from vggt_deploy.backends.torch.runner import TorchRunner
 from vggt_deploy.bench.evaluate import evaluate, runner_infer
 from vggt_deploy.bench.flops import count_gflops
 from vggt_deploy.bench.peak import achieved_fraction, matmul_peak_gops
+from vggt_deploy.bench.targets import BenchConfig, Builds, Target, targets_for
 from vggt_deploy.bench.timing import time_alternating
 from vggt_deploy.errors import UserError
 from vggt_deploy.model.queries import query_embeddings
-from vggt_deploy.paths import shipped_plan
-
-
-@dataclass
-class BenchConfig:
-    model_dir: Path
-    build_dir: Path
-    mixed_plan: Path | None = None
-    device: str = "cpu"
-    targets: tuple[str, ...] = ()
-    batch: int = 1
-    eval_images: int = 1000
-    warmup: int = 10
-    rounds: int = 50
-    threads: int = 2
 
 
 @dataclass
@@ -52,6 +34,8 @@ class TargetResult:
     status: str = "ok"
     reason: str = ""
     description: str = ""
+    runtime: str = ""  # what ran it, with its version
+    plan: str | None = None  # the shipped plan it quantizes with
     file: str = ""
     size_mb: float | None = None
     gflops: float | None = None
@@ -71,136 +55,14 @@ class TargetResult:
     peak_fraction: float | None = None  # of this CPU's int8 (quantized targets) or fp32 MatMul peak
 
 
-@dataclass(frozen=True)
-class Target:
-    name: str
-    description: str
-    backend: str  # a row of the capability table
-    precision: str
-    build: Callable[[Builds, BenchConfig], tuple[Runner, Path]]
-
-    @property
-    def int8(self) -> bool:
-        """Compared against the int8 MatMul peak."""
-        return self.precision != "fp32"
-
-
-class Builds:
-    """Lazily exported artifacts shared by targets (one FP32 export for all of them)."""
-
-    def __init__(self, cfg: BenchConfig) -> None:
-        self.cfg = cfg
-        self._exports: dict[str, Path] = {}
-
-    def export(self, plan_name: str | None, plan_path: Path | None = None, target: str | None = None) -> Path:
-        """The model exported with a shipped plan (None: FP32), in the plan's or `target`'s QDQ flavour."""
-        from vggt_deploy.compile import export_from_model
-        from vggt_deploy.quant.plan import load_plan
-
-        key = (plan_name or "fp32") + (f"-{target}" if target else "")
-        if key not in self._exports:
-            plan = load_plan(plan_path or shipped_plan(plan_name), target=target) if plan_name else None
-            out = export_from_model(self.cfg.model_dir, self.cfg.build_dir / key, plan)
-            self._exports[key] = out.qdq or out.fp32
-        return self._exports[key]
-
-
-def _ort_plan(plan: str) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
-    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-        path = builds.export(plan, cfg.mixed_plan if plan == "mixed" else None)
-        return OrtRunner(path, name=f"ort-{plan}", threads=cfg.threads), path
-
-    return build
-
-
-def _ort_fp32(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-    path = builds.export(None)
-    return OrtRunner(path, name="ort-fp32", threads=cfg.threads), path
-
-
-def _torch(dynamic: bool) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
-    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-        name = "torch-int8-dynamic" if dynamic else "torch-fp32"
-        return TorchRunner(cfg.model_dir, name=name, dynamic_int8=dynamic, threads=cfg.threads), cfg.model_dir / "model.safetensors"
-
-    return build
-
-
-def _ort_quantize_static_default(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-    """The peer a user would otherwise pick: onnxruntime's quantize_static with its defaults."""
-    import onnx
-    from onnxruntime.quantization import quantize_static
-
-    from vggt_deploy.model.io import load_model
-    from vggt_deploy.quant.calibrate import TensorReader, calibration_tensors
-    from vggt_deploy.quant.plan import CalibrationSpec
-
-    fp32 = builds.export(None)
-    out = cfg.build_dir / "ort-quantize-static" / "model.qdq.onnx"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        loaded = load_model(cfg.model_dir)
-        spec = CalibrationSpec(method="minmax", num_images=128)
-
-        images = calibration_tensors(spec, loaded.model.cfg.preprocess)
-        queries = np.load(fp32.parent / "queries.npy")
-        tmp = out.with_name(".model.qdq.onnx.tmp")
-        quantize_static(str(fp32), str(tmp), TensorReader(images, "images", {"query_embeds": queries}))
-        onnx.checker.check_model(str(tmp))
-        os.replace(tmp, out)
-    return OrtRunner(out, name="ort-quantize-static", threads=cfg.threads), out
-
-
-def _trt(plan: str | None, int8: bool) -> Callable[[Builds, BenchConfig], tuple[Runner, Path]]:
-    """A TensorRT engine from the FP32 export (fp16) or a TensorRT-flavour QDQ export (int8 + fp16)."""
-
-    def build(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
-        from vggt_deploy.backends.tensorrt.build import build_engine
-        from vggt_deploy.backends.tensorrt.runner import TrtRunner
-        from vggt_deploy.backends.tensorrt.settings import BuildOptions
-
-        onnx_path = builds.export(plan, cfg.mixed_plan if plan == "mixed" else None, target="tensorrt" if plan else None)
-        name = f"trt-{plan or 'fp16'}"
-        engine = cfg.build_dir / name / "model.engine"
-        options = BuildOptions(int8=int8, fp16=True, opt_batch=cfg.batch, max_batch=max(8, cfg.batch))
-        build_engine(onnx_path, engine, options, timing_cache=cfg.build_dir / "timing.cache")
-        return TrtRunner(engine, name=name), engine
-
-    return build
-
-
-GPU_TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target("trt-fp16", "TensorRT, fp16", "tensorrt", "fp16", _trt(None, False)),
-        Target("trt-int8", "TensorRT, uniform int8 plan (QDQ) + fp16 elsewhere", "tensorrt", "int8", _trt("int8", True)),
-        Target("trt-mixed", "TensorRT, mixed plan (QDQ) + fp16 elsewhere", "tensorrt", "mixed", _trt("mixed", True)),
-    )
-}
-
-
-CPU_TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target("torch-fp32", "PyTorch eager, float32", "torch", "fp32", _torch(False)),
-        Target("torch-int8-dynamic", "PyTorch dynamic int8 (quantize_dynamic on Linear) - peer", "torch",
-               "int8-dynamic", _torch(True)),
-        Target("ort-fp32", "ONNX Runtime CPU, float32", "onnxruntime", "fp32", _ort_fp32),
-        Target("ort-int8", "ONNX Runtime CPU, uniform int8 plan (int8.yaml)", "onnxruntime", "int8", _ort_plan("int8")),
-        Target("ort-mixed", "ONNX Runtime CPU, mixed plan (mixed.yaml)", "onnxruntime", "mixed", _ort_plan("mixed")),
-        Target("ort-quantize-static", "onnxruntime.quantization.quantize_static defaults - peer", "onnxruntime",
-               "int8", _ort_quantize_static_default),
-    )
-}
-
-
 def _peak_memory(target: Target, runner: Runner, path: Path, cfg: BenchConfig, model_cfg, num_queries: int) -> float | None:
     """Peak RSS of a fresh process running only this target (CPU backends; None for others)."""
     from vggt_deploy.bench.memprobe import peak_rss_mb
 
-    if target.backend not in ("torch", "onnxruntime"):
+    if target.backend not in ("torch", "onnxruntime", "openvino"):
         return None
     spec = {"backend": target.backend, "path": str(cfg.model_dir if target.backend == "torch" else path),
+            "precision": getattr(runner, "precision", None),
             "dynamic_int8": target.precision == "int8-dynamic", "batch": cfg.batch, "threads": cfg.threads,
             "image_size": model_cfg.image_size, "ground_dim": model_cfg.ground_dim, "num_queries": num_queries}
     return peak_rss_mb(spec)
@@ -224,8 +86,9 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
         from vggt_deploy.bench.jetson import require_jetson
 
         require_jetson()
-    available = {**CPU_TARGETS, **GPU_TARGETS} if cfg.device != "cpu" else CPU_TARGETS
-    default = ("torch-fp32", "ort-fp32", "ort-mixed", *GPU_TARGETS) if cfg.device != "cpu" else tuple(CPU_TARGETS)
+    available = targets_for(cfg.device)
+    gpu = tuple(n for n, t in available.items() if t.device != "cpu")
+    default = ("torch-fp32", "ort-fp32", "ov-bf16", "ov-mixed", "ort-mixed", *gpu) if gpu else tuple(available)
     names = cfg.targets or default
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -242,7 +105,8 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
     torch.set_num_threads(cfg.threads)
     loaded = load_model(cfg.model_dir)
     builds = Builds(cfg)
-    results = {n: TargetResult(name=n, description=available[n].description) for n in names}
+    results = {n: TargetResult(name=n, description=available[n].description, plan=available[n].plan,
+                               runtime=runtime_version(available[n].runtime)) for n in names}
     runners: dict[str, Runner] = {}
     size = loaded.model.cfg.image_size
     queries = query_embeddings(loaded, category_names())
@@ -310,6 +174,19 @@ def _energy(runners: dict[str, Runner], feeds: dict, results: dict[str, TargetRe
         watts = sampler.stop()
         if watts is not None and results[name].latency_ms:
             results[name].energy_mj = round(watts * results[name].latency_ms["p50"] / batch, 3)
+
+
+def runtime_version(runtime: str) -> str:
+    """'openvino 2026.4.1' for a target's runtime label (each package's version, when installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for package in runtime.replace("+", " ").split():
+        try:
+            parts.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            parts.append(package)
+    return " + ".join(parts)
 
 
 def _reason(exc: Exception) -> str:

@@ -27,6 +27,10 @@ def probe(spec: dict) -> float:
         from vggt_deploy.backends.torch.runner import TorchRunner
 
         runner = TorchRunner(spec["path"], dynamic_int8=spec.get("dynamic_int8", False), threads=spec["threads"])
+    elif spec["backend"] == "openvino":
+        from vggt_deploy.backends.openvino.runner import OvRunner
+
+        runner = OvRunner(spec["path"], threads=spec["threads"], precision=spec.get("precision"))
     else:
         from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 

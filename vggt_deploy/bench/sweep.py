@@ -30,11 +30,12 @@ def _measure(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int,
     runners, mem = {}, {}
     images, queries = feeds["images"], feeds["query_embeds"]
     for name, path in paths.items():
-        runner = OrtRunner(path, name=name, threads=threads).activate()
+        runner = _runner(name, path, threads).activate()
         runner.infer(feeds)
         runners[name] = runner
-        mem[name] = peak_rss_mb({"backend": "onnxruntime", "path": str(path), "batch": images.shape[0], "threads": threads,
-                                 "image_size": images.shape[-1], "ground_dim": queries.shape[1],
+        mem[name] = peak_rss_mb({"backend": "openvino" if name.startswith("ov-") else "onnxruntime", "path": str(path),
+                                 "precision": getattr(runner, "precision", None), "batch": images.shape[0],
+                                 "threads": threads, "image_size": images.shape[-1], "ground_dim": queries.shape[1],
                                  "num_queries": queries.shape[0]})
     stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()}, warmup=3, rounds=rounds,
                              batch=len(feeds["images"]))
@@ -44,12 +45,22 @@ def _measure(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int,
                 "fps": round(s.fps, 1), "peak_rss_mb": mem[n]} for n, s in stats.items()}
 
 
+def _runner(name: str, path: Path, threads: int):
+    """`ov-*` names run in OpenVINO (`ov-bf16`: the float graph in bf16), the rest in ONNX Runtime."""
+    if name.startswith("ov-"):
+        from vggt_deploy.backends.openvino.runner import OvRunner
+
+        return OvRunner(path, name=name, threads=threads, precision="bf16" if name == "ov-bf16" else None)
+    return OrtRunner(path, name=name, threads=threads)
+
+
 def sweep_batch(fp32: Path, mixed: Path, queries: np.ndarray, size: int, threads: int, rounds: int = 20) -> list[dict]:
     rows = []
     for batch in BATCHES:
         feeds = {"images": np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32),
                  "query_embeds": queries}
-        for name, m in _measure({"ort-fp32": fp32, "ort-mixed": mixed}, feeds, threads, rounds).items():
+        targets = {"ort-fp32": fp32, "ort-mixed": mixed, "ov-bf16": fp32, "ov-mixed": mixed}
+        for name, m in _measure(targets, feeds, threads, rounds).items():
             rows.append({"batch": batch, "target": name, **m})
     return rows
 
@@ -67,7 +78,7 @@ def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[di
 
     base = load_model(model_dir)
     queries = query_embeddings(base, category_names())
-    plan = load_plan(shipped_plan("int8"))
+    plan = load_plan(shipped_plan("mixed"))
     plan = replace(plan, calibration=replace(plan.calibration, num_images=16))  # latency only: ranges barely matter
     rows = []
     with tempfile.TemporaryDirectory(prefix="vggt-sweep.") as tmp:
@@ -78,7 +89,8 @@ def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[di
             out = export_from_model(folder, Path(tmp) / f"e{size}", plan, cache_dir=Path(tmp) / "cache")
             feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": queries}
             tokens = (size // cfg.patch_stride) ** 2
-            for name, m in _measure({"ort-fp32": out.fp32, "ort-int8": out.qdq}, feeds, threads, rounds).items():
+            targets = {"ort-fp32": out.fp32, "ort-mixed": out.qdq, "ov-bf16": out.fp32, "ov-mixed": out.qdq}
+            for name, m in _measure(targets, feeds, threads, rounds).items():
                 rows.append({"image_size": size, "tokens": tokens, "target": name, **m})
     return rows
 

@@ -49,22 +49,36 @@ def time_alternating(
     return {name: LatencyStats.from_samples(s, batch) for name, s in samples.items()}
 
 
+RUNTIMES = ("openvino", "onnxruntime")  # what `time_onnx_files` (and so sensitivity, plan auto) can time on
+
+
 def time_onnx_files(
-    files: dict[str, object], feeds: dict[str, dict], warmup: int = 5, rounds: int = 30
+    files: dict[str, object], feeds: dict[str, dict], warmup: int = 5, rounds: int = 30, runtime: str = "onnxruntime"
 ) -> dict[str, LatencyStats]:
-    """Time ONNX files (label -> path) with ONNX Runtime, each fed `feeds[label]`, in alternating rounds.
+    """Time ONNX files (label -> path) in `runtime`, each fed `feeds[label]`, in alternating rounds.
 
-    All sessions live in this one process at once; their thread pools do not spin, so they do not steal
-    cores from each other between calls.
+    All sessions live in this one process at once; ONNX Runtime's thread pools do not spin, so they do
+    not steal cores from each other between calls. OpenVINO compiles each file for the fed shapes, float
+    parts in bf16 where the CPU has it (as `ov-*` bench targets run).
     """
-    from vggt_deploy.backends.onnxruntime.runner import OrtRunner
-
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}")
     runners = {}
     try:
         for label, path in files.items():
-            runners[label] = OrtRunner(path, name=label).activate()
+            runners[label] = _runner(runtime, path, label).activate()
         calls = {label: (lambda r=r, f=feeds[label]: r.infer(f)) for label, r in runners.items()}
         return time_alternating(calls, warmup=warmup, rounds=rounds)
     finally:
         for r in runners.values():
             r.close()
+
+
+def _runner(runtime: str, path, label: str):
+    if runtime == "openvino":
+        from vggt_deploy.backends.openvino.runner import OvRunner
+
+        return OvRunner(path, name=label)
+    from vggt_deploy.backends.onnxruntime.runner import OrtRunner
+
+    return OrtRunner(path, name=label)

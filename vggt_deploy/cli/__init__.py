@@ -3,6 +3,7 @@
 from vggt_deploy.cli import (  # noqa: F401  (each module registers its commands)
     bench_cmds,
     build_cmds,
+    build_ov_cmd,
     build_trt_cmd,
     data_cmds,
     export_cmds,

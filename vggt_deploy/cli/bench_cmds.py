@@ -43,8 +43,9 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     Writes bench.json/.csv/.md and plots to --results-dir and renders BENCHMARKS.md beside --results-dir.
     """
     from vggt_deploy.bench.benchmarks_doc import render_benchmarks
-    from vggt_deploy.bench.harness import BenchConfig, results_as_dicts, run_bench
+    from vggt_deploy.bench.harness import results_as_dicts, run_bench
     from vggt_deploy.bench.report import environment, markdown_table, write_reports
+    from vggt_deploy.bench.targets import BenchConfig
 
     if render_only:
         click.echo(f"summary: {render_benchmarks(results_dir, results_dir.parent / 'BENCHMARKS.md')}")
@@ -81,8 +82,8 @@ def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
     import numpy as np
 
     from vggt_deploy.bench import sweep as sw
-    from vggt_deploy.bench.harness import Builds
     from vggt_deploy.bench.report import environment
+    from vggt_deploy.bench.targets import Builds
     from vggt_deploy.fileio import atomic_write_text
 
     if kind == "batch":
@@ -90,7 +91,7 @@ def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
 
         builds = Builds(cfg)
         fp32 = builds.export(None)
-        mixed = builds.export("mixed", cfg.mixed_plan)
+        mixed = builds.export("mixed")
         size = load_model(cfg.model_dir).model.cfg.image_size
         rows = sw.sweep_batch(fp32, mixed, np.load(fp32.parent / "queries.npy"), size, cfg.threads, cfg.rounds)
     else:

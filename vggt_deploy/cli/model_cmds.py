@@ -78,6 +78,8 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
               help="Model folder (model.safetensors, config.json, vocab.json); with --onnx it supplies the query encoder.")
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
               help="Evaluate this ONNX file (FP32 or QDQ) with ONNX Runtime on the CPU instead of PyTorch.")
+@click.option("--openvino", "ov_path", type=click.Path(path_type=Path), default=None,
+              help="Evaluate with OpenVINO on the CPU: an .onnx or IR .xml file, or a folder written by build-ov.")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="COCO folder to evaluate; default: the synthetic eval split (generated on first use).")
 @click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
@@ -85,8 +87,8 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--write-card", is_flag=True, help="Also (re)write MODEL_CARD.md and training_curve.png in the model folder.")
-def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None, eval_images: int, batch_size: int,
-                 as_json: bool, write_card: bool) -> None:
+def evaluate_cmd(model_dir: Path, onnx_file: Path | None, ov_path: Path | None, data_dir: Path | None,
+                 eval_images: int, batch_size: int, as_json: bool, write_card: bool) -> None:
     """Grounding mAP (pycocotools), referring-expression accuracy and top-1/top-5."""
     from vggt_deploy.bench.evaluate import evaluate
     from vggt_deploy.data.coco import load_coco, synthetic_split
@@ -107,6 +109,18 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None,
         infer = runner_infer(OrtRunner(onnx_file, name=onnx_file.name).activate())
         if write_card:
             raise UserError("--write-card describes a PyTorch model folder; drop --onnx")
+    if ov_path is not None:
+        from vggt_deploy.backends.openvino.runner import OvRunner
+        from vggt_deploy.bench.evaluate import runner_infer
+
+        if onnx_file is not None or write_card:
+            raise UserError("--openvino runs the model in OpenVINO; drop --onnx and --write-card")
+        runner = OvRunner(ov_path, name=ov_path.name).activate()
+        config_hash = runner.metadata.get("vggt.config_hash")
+        if config_hash != loaded.model.cfg.config_hash():
+            raise UserError(f"{ov_path}: exported from config {config_hash or 'unknown'}, but "
+                            f"{model_dir} has config {loaded.model.cfg.config_hash()}; pass the matching --model")
+        infer = runner_infer(runner)
     if data_dir is None:
         dataset = load_coco(synthetic_split("eval", eval_images))
         limit = None
@@ -122,7 +136,7 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, data_dir: Path | None,
         if data_dir is None and eval_images != 1000:
             command += f" --eval-images {eval_images}"
         write_model_card(model_dir, metrics, command)
-    metrics = {"model": str(onnx_file or model_dir), "data": str(dataset.root), **metrics}
+    metrics = {"model": str(onnx_file or ov_path or model_dir), "data": str(dataset.root), **metrics}
     if as_json:
         click.echo(json.dumps(metrics))
         return
@@ -140,25 +154,31 @@ if __name__ == "__main__":
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None, help="Run this ONNX file with ONNX Runtime.")
 @click.option("--engine", "engine_file", type=click.Path(path_type=Path), default=None,
               help="Run this TensorRT engine (built by build-trt; needs TensorRT and pycuda).")
+@click.option("--openvino", "ov_path", type=click.Path(path_type=Path), default=None,
+              help="Run with OpenVINO on the CPU: an .onnx or IR .xml file, or a folder written by build-ov.")
 @click.option("--image", "image_path", type=click.Path(path_type=Path), required=True)
 @click.option("--query", "-q", "queries", multiple=True, required=True,
               help='A class name or referring expression; repeat for several ("red circle").')
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/infer"), show_default=True,
               help="Folder for IMAGE_STEM.json and IMAGE_STEM.png (other files there are left alone).")
-def infer(model_dir, onnx_file, engine_file, image_path, queries, output) -> None:
+def infer(model_dir, onnx_file, engine_file, ov_path, image_path, queries, output) -> None:
     """Ground text queries in one image: boxes and scores as JSON, and an annotated PNG."""
     from vggt_deploy.data.preprocess import read_image
     from vggt_deploy.infer import ground, output_names, write_outputs
     from vggt_deploy.model.io import load_model
 
     model_dir = resolve_model(model_dir)
-    check_output_path(output, [image_path, model_dir, onnx_file, engine_file], folder=True,
+    check_output_path(output, [image_path, model_dir, onnx_file, engine_file, ov_path], folder=True,
                       files=output_names(image_path.stem), inputs_inside_ok=True)
     loaded = load_model(model_dir)
     image = read_image(image_path)
-    if onnx_file is not None and engine_file is not None:
-        raise UserError("give --onnx or --engine, not both")
-    if engine_file is not None:
+    if sum(p is not None for p in (onnx_file, engine_file, ov_path)) > 1:
+        raise UserError("give only one of --onnx, --engine and --openvino")
+    if ov_path is not None:
+        from vggt_deploy.backends.openvino.runner import OvRunner
+
+        runner = OvRunner(ov_path, name=ov_path.name)
+    elif engine_file is not None:
         from vggt_deploy.backends.tensorrt.runner import TrtRunner
 
         runner = TrtRunner(engine_file, name=engine_file.name)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from vggt_deploy.bench.timing import RUNTIMES
 from vggt_deploy.cli.app import TARGET_CHOICE, _command_line, main, plan_file, resolve_model
 from vggt_deploy.cli.export_cmds import plan
 from vggt_deploy.tuning.auto_plan import OBJECTIVES
@@ -28,6 +29,8 @@ _COMMON = [
                  help="Eval images used to rank units (a subset; the answer is confirmed on the full split)."),
     click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
                  help="Size of the full eval split (synthetic) used for confirmation."),
+    click.option("--runtime", type=click.Choice(RUNTIMES), default="openvino", show_default=True,
+                 help="Where latency savings are timed: plans are tuned on the runtime they are for."),
     click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
                  help="COCO folder to evaluate on instead of the synthetic eval split."),
     click.option("--work", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
@@ -41,14 +44,14 @@ def _common(fn):
     return fn
 
 
-def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir):
+def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir, runtime):
     from vggt_deploy.quant.plan import load_plan
     from vggt_deploy.tuning.variants import Workbench
 
     base = load_plan(plan_file(plan_value), target=target)
     names = [n.strip() for n in unit_names.split(",") if n.strip()]
     return Workbench(resolve_model(model_dir), base, work_dir, unit_kind=unit_kind, units=names, data_dir=data_dir,
-                     eval_images=eval_images)
+                     eval_images=eval_images, runtime=runtime)
 
 
 @main.command()
@@ -62,7 +65,7 @@ def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images
 @click.option("--list-units", is_flag=True, help="Print the units of the model and exit.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
               show_default=True, help="Folder for sensitivity.json, .md and .png.")
-def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, data_dir, work_dir,
+def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir, work_dir,
                 metric, confirm_top, latency_rounds, list_units, output) -> None:
     """Rank units by how much quantizing them costs: each alone quantized, and each alone kept float.
 
@@ -72,7 +75,8 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
     from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
     from vggt_deploy.tuning.sensitivity_report import markdown, write_sensitivity
 
-    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
+    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
+                       runtime)
     if list_units:
         for unit in bench.all_units:
             click.echo(f"{unit.name:32} {len(unit.layers):3d} layers  match: {unit.pattern}")
@@ -93,7 +97,7 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
               help="What the plan minimises within the budget (both measured per unit on this machine).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Plan YAML to write (with each rule's measured drop in comments); .json and .md summaries go beside it.")
-def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, data_dir, work_dir,
+def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir, work_dir,
               max_map_drop, objective, output) -> None:
     """Choose the cheapest plan whose mAP drop stays within --max-map-drop, verify it, tighten if missed.
 
@@ -103,7 +107,8 @@ def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval
     from vggt_deploy.tuning.sensitivity import SensitivityConfig
     from vggt_deploy.tuning.sensitivity_report import write_sensitivity
 
-    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir)
+    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
+                       runtime)
     cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,
                      sensitivity=SensitivityConfig(metric="map", images=images, confirm_top=0))
     summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()))

@@ -31,6 +31,7 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
 from vggt_deploy.graph.onnx_io import set_metadata
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
+from vggt_deploy.quant.float_storage import store_weights_fp16
 from vggt_deploy.quant.resolved import ResolvedPlan
 
 
@@ -112,7 +113,7 @@ def quantize(
     """The QDQ model of a plan resolved on `fp32` (see `resolve_plan`), plus the report of what was done."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    plan, layers = resolved.plan, list(resolved.layers)
+    plan = resolved.plan
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     fp32_bytes = fp32.SerializeToString()
@@ -170,7 +171,13 @@ def quantize(
     if weight_only:
         model = _weight_only(model, weight_only, resolved)
     report = _report(resolved, ranges_file, cache_hit)
+    if plan.target == "openvino-cpu":
+        report["fp16_storage_bytes_saved"] = store_weights_fp16(model, {
+            layer.weight for layer in resolved.layers if layer.weight and resolved.spec(layer).precision == "bf16"})
     set_metadata(model, {
+        # OpenVINO computes float layers in bf16 where the CPU has it; these nodes stay fp32 (the plan says so).
+        "vggt.keep_fp32_nodes": json.dumps([layer.node for layer in resolved.layers
+                                            if resolved.spec(layer).precision == "fp32"]),
         "vggt.plan_hash": plan.plan_hash(),
         "vggt.target": plan.target,
         "vggt.layer_precisions": json.dumps(resolved.requested_precisions()),

@@ -134,7 +134,7 @@ def auto_plan(bench: Workbench, cfg: AutoConfig, out_path: Path, command: str = 
         "plan_map": best["map"], "drop_points": best["drop_points"], "predicted_points": best["predicted_points"],
         "quantized": best["quantized"], "float": sorted(set(rows) - final), "latency_ms": latency,
         "size_mb": bench.build(final).stat().st_size / 1e6, "tried": tried, "output": str(out_path),
-        "eval_images": len(bench.dataset.records), "sensitivity": sens,
+        "eval_images": len(bench.dataset.records), "runtime": bench.runtime, "sensitivity": sens,
     }
     comments = {u: ("quantized: " if u in final else "kept float: ") + _fmt_unit(r) for u, r in rows.items()}
     plan = bench.plan(final, comments=comments, header=_header(bench, summary, rows, command))
@@ -168,13 +168,13 @@ def _header(bench: Workbench, s: dict, rows: dict[str, UnitResult], command: str
         f"{'MET' if s['met'] else 'NOT MET (best plan found)'}.",
         f"Verified on the full eval split ({s['eval_images']} images): FP32 mAP {s['fp32_map']:.4f}, "
         f"this plan {s['plan_map']:.4f}, drop {s['drop_points']:+.3f} points (predicted {s['predicted_points']:.3f}).",
-        f"ONNX Runtime CPU batch-1 median (alternating rounds): FP32 {lat['fp32']:.2f} ms, base plan "
+        f"{bench.runtime} CPU batch-1 median (alternating rounds): FP32 {lat['fp32']:.2f} ms, base plan "
         f"{lat['base']:.2f} ms, this plan {lat['auto']:.2f} ms; size {s['size_mb']:.1f} MB.",
         f"Unit measurements ({sens.subset_images}-image subset, mAP points); float units have a rule below.",
         "Quantized units (as the base plan says):",
     ]
     lines += [f"  {u}: {_fmt_unit(rows[u])}" for u in s["quantized"]]
     if bench.base.target == "tensorrt":
-        lines.append("Latency costs were measured with ONNX Runtime CPU on the TensorRT-flavour QDQ files "
+        lines.append(f"Latency costs were measured with {bench.runtime} on the CPU on the TensorRT-flavour QDQ files "
                      "(engines are not built per variant); re-rank on the device with `--objective size` if unsure.")
     return "\n".join(lines)

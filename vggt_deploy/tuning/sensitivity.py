@@ -10,7 +10,7 @@ base plan and scored on a subset of the eval split:
 
 The two disagree when units interact, so the ranking uses their mean
 (``score``). Each unit's latency and size saving is measured too: batch-1
-ONNX Runtime latency of all variants in alternating rounds (one process,
+latency in the workbench's runtime (OpenVINO or ONNX Runtime) of all variants in alternating rounds (one process,
 non-spinning pools) and file sizes. The FP32 and the all-quantized files are
 timed twice each (as separate sessions); the larger gap between the twins is
 the run's timing noise, and a latency saving smaller than it counts as zero
@@ -72,6 +72,7 @@ class SensitivityResult:
 
     config: SensitivityConfig
     unit_kind: str
+    runtime: str  # where latency was timed
     base_plan: str
     target: str
     damage_unit: str
@@ -143,7 +144,7 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
     rows.sort(key=lambda r: (-r.score, r.unit))
     confirmation = _confirm(bench, cfg, rows, variants, paths, progress) if cfg.confirm_top else None
     return SensitivityResult(
-        config=cfg, unit_kind=bench.unit_kind, base_plan=bench.base.source, target=bench.base.target,
+        config=cfg, unit_kind=bench.unit_kind, runtime=bench.runtime, base_plan=bench.base.source, target=bench.base.target,
         damage_unit="mAP points" if cfg.metric == "map" else "output error %", damage_all=damage["all"],
         subset_images=min(cfg.images, len(bench.dataset.records)), scores=scores, latency_ms=latency,
         latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation)

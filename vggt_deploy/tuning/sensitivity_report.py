@@ -34,7 +34,8 @@ def markdown(result: dict) -> str:
                      f"top units by subset {conf['top_units_subset_order']}, by full split {conf['top_units_full_order']} "
                      f"(same most sensitive unit: {'yes' if conf['same_most_sensitive'] else 'no'}).")
     notes.append("score = mean of the damage when only this unit is quantized and the recovery when only it stays "
-                 "float; savings are what quantizing the unit saves (ONNX Runtime CPU, batch 1, alternating rounds).")
+                 f"float; savings are what quantizing the unit saves ({result.get('runtime', 'onnxruntime')} on the CPU, batch 1, "
+                 "alternating rounds; a latency saving within the run's timing noise counts as zero).")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -87,7 +88,7 @@ def auto_markdown(summary: dict) -> str:
         f"| plan mAP | {summary['plan_map']:.4f} |",
         f"| measured drop | {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; "
         f"predicted {summary['predicted_points']:.2f}) |",
-        f"| ORT CPU batch-1 p50: FP32 / base plan / this plan | {lat['fp32']:.2f} / {lat['base']:.2f} / "
+        f"| {summary.get('runtime', 'onnxruntime')} CPU batch-1 p50: FP32 / base plan / this plan | {lat['fp32']:.2f} / {lat['base']:.2f} / "
         f"{lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base plan) |",
         f"| size | {summary['size_mb']:.1f} MB |",
         f"| verifications | {len(summary['tried'])} |",

@@ -36,16 +36,18 @@ class Workbench:
         data_dir: COCO folder to evaluate on (default: the synthetic eval split).
         eval_images: size of the eval split when it is generated.
         cache_dir: calibration range cache (default: the user cache).
+        runtime: where latency savings are timed: ``openvino`` (float parts in bf16 where the CPU has
+            it) or ``onnxruntime``; plans are tuned on the runtime they are for.
     """
 
     def __init__(self, model_dir: Path, base: QdqPlan, work_dir: Path, unit_kind: str = "block",
                  units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
-                 cache_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, runtime: str = "openvino") -> None:
         from vggt_deploy.compile import export_from_model
         from vggt_deploy.graph.layers import find_layers
         from vggt_deploy.model.io import load_model
 
-        self.base, self.work_dir, self.unit_kind = base, Path(work_dir), unit_kind
+        self.base, self.work_dir, self.unit_kind, self.runtime = base, Path(work_dir), unit_kind, runtime
         self.cache_dir = cache_dir or calibration_cache_dir()
         self.loaded = load_model(model_dir)
         exported = export_from_model(Path(model_dir), self.work_dir / "fp32")
@@ -176,10 +178,10 @@ class Workbench:
         return self.output_error(path, limit or len(self.dataset.records))
 
     def latency(self, paths: dict[str, Path], rounds: int = 20) -> dict[str, float]:
-        """Median batch-1 latency (ms) of each file, timed in alternating rounds in one process."""
+        """Median batch-1 latency (ms) of each file in `self.runtime`, timed in alternating rounds in one process."""
         from vggt_deploy.bench.timing import time_onnx_files
 
         size = self.loaded.model.cfg.image_size
         feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": self.queries}
-        stats = time_onnx_files(paths, {label: feeds for label in paths}, warmup=3, rounds=rounds)
+        stats = time_onnx_files(paths, {label: feeds for label in paths}, warmup=3, rounds=rounds, runtime=self.runtime)
         return {label: s.p50 for label, s in stats.items()}
