@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from vggt_deploy.bench.speed_bars import bars_sentence
+
 Results = dict[str, dict]  # file stem -> parsed JSON
 
 WHY_MODEST = ("each MatMul of this small model is small, so quantize/dequantize and the float ops around it "
@@ -76,6 +78,10 @@ def machine(env: dict) -> str:
 
 
 # ---- Reading the numbers: bench.json, quant_accuracy.json, sweeps ----
+
+def _openvino(res: Results) -> str:
+    return bars_sentence(res["bench"])
+
 
 def _shipped(res: Results) -> str:
     b = res["bench"]
@@ -326,7 +332,7 @@ def _domain(res: Results) -> str:
             f"the mixed plan {_loss(mixed['drop_points'])} against FP32 on {dom}.")
 
 
-NUMBERS: list[Callable[[Results], str]] = [_shipped, _accuracy, _flavours, _size, _speed, _sweeps, _dynamic]
+NUMBERS: list[Callable[[Results], str]] = [_openvino, _shipped, _accuracy, _flavours, _size, _speed, _sweeps, _dynamic]
 ANALYSIS: list[Callable[[Results], str]] = [_sensitivity, _unit_latency, _auto, _granularity, _calibration,
                                             _grounding, _small_objects, _domain]
 

@@ -45,6 +45,7 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     from vggt_deploy.bench.benchmarks_doc import render_benchmarks
     from vggt_deploy.bench.harness import results_as_dicts, run_bench
     from vggt_deploy.bench.report import environment, markdown_table, write_reports
+    from vggt_deploy.bench.speed_bars import bars_sentence
     from vggt_deploy.bench.targets import BenchConfig
 
     if render_only:
@@ -67,6 +68,10 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     if as_json:  # one JSON object on stdout, as `eval --json`; the table and paths go to stderr
         click.echo(paths["json"].read_text().strip())
     click.echo(markdown_table(rows), err=as_json)
+    try:
+        click.echo("\n" + bars_sentence(json.loads(paths["json"].read_text())).replace("**", ""), err=as_json)
+    except KeyError:
+        pass  # ov-mixed or ort-fp32 not in this run
     click.echo(f"\nthis CPU's ONNX Runtime MatMul peak: {outcome.peak_gops.get('fp32', 0):.0f} GOPS fp32, "
                f"{outcome.peak_gops.get('int8', 0):.0f} GOPS int8", err=as_json)
     click.echo(f"\nreports: {', '.join(str(p) for p in paths.values())}", err=as_json)

@@ -1,0 +1,34 @@
+"""The CPU speed bars are ratios of one run's rows; missing targets are left out, failures ignored."""
+
+import pytest
+
+from vggt_deploy.bench.speed_bars import bars_sentence, speed_bars
+
+
+def _row(name, p50, map_, size, status="ok"):
+    return {"name": name, "status": status, "latency_ms": {"p50": p50}, "map": map_, "size_mb": size}
+
+
+BENCH = {"settings": {"batch": 1}, "targets": [
+    _row("ort-fp32", 10.0, 0.800, 40.0), _row("ov-fp32", 8.0, 0.800, 40.0), _row("ov-bf16", 5.0, 0.801, 40.0),
+    _row("ov-mixed", 4.0, 0.798, 10.0), _row("nncf-ov", 4.4, 0.795, 11.0), _row("ort-quantize-static", 3.0, 0.1, 10.0,
+                                                                              status="failed")]}
+
+
+def test_ratios_come_from_the_rows():
+    bars = speed_bars(BENCH)
+    assert bars["vs_ort_fp32"] == pytest.approx(2.5)
+    assert bars["fastest_float"] == "ov-bf16" and bars["vs_fastest_float"] == pytest.approx(1.25)
+    assert bars["fastest_peer"] == "nncf-ov" and bars["vs_fastest_peer"] == pytest.approx(1.1)
+    assert bars["map_drop"] == pytest.approx(0.002) and bars["map_vs_peer"] == pytest.approx(0.003)
+    assert bars["smaller_than_fp32"] == pytest.approx(4.0)
+    text = bars_sentence(BENCH)
+    assert "2.50x faster than ort-fp32" in text and "1.25x faster than the fastest float target (ov-bf16)" in text
+    assert "0.20 mAP points" in text and "4.00x smaller" in text
+
+
+def test_missing_subject_or_peers():
+    without_peers = {**BENCH, "targets": [r for r in BENCH["targets"] if r["name"] != "nncf-ov"]}
+    assert "fastest_peer" not in speed_bars(without_peers)
+    with pytest.raises(KeyError):
+        speed_bars({**BENCH, "targets": [r for r in BENCH["targets"] if r["name"] != "ov-mixed"]})

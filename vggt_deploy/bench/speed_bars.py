@@ -1,0 +1,49 @@
+"""The CPU speed bars of the shipped plan, computed from one bench run (bench.json).
+
+The shipped plan on OpenVINO (`ov-mixed`) is compared, inside one run of alternating rounds,
+with ONNX Runtime FP32, with the fastest float target (`ort-fp32`, `ov-fp32`, `ov-bf16`) and
+with the fastest peer quantizer a user would otherwise pick (`nncf-ov`, `ort-quantize-static`,
+`ort-quantize-dynamic`, `torch-int8-dynamic`); its mAP drop is against FP32 (`ort-fp32`) and
+its size against the FP32 ONNX file. The same numbers feed BENCHMARKS.md and the closing notes
+of a run, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+FLOAT_TARGETS = ("ort-fp32", "ov-fp32", "ov-bf16")
+PEERS = ("nncf-ov", "ort-quantize-static", "ort-quantize-dynamic", "torch-int8-dynamic")
+SUBJECT = "ov-mixed"
+
+
+def speed_bars(bench: dict, subject: str = SUBJECT) -> dict:
+    """Ratios of `subject` against the reference targets present and ok in `bench` (missing ones omitted)."""
+    rows = {r["name"]: r for r in bench["targets"] if r["status"] == "ok"}
+    if subject not in rows or "ort-fp32" not in rows:
+        raise KeyError(subject)
+    me, fp32 = rows[subject], rows["ort-fp32"]
+    p50 = {name: r["latency_ms"]["p50"] for name, r in rows.items()}
+    out = {"subject": subject, "batch": bench["settings"]["batch"], "p50_ms": p50[subject],
+           "vs_ort_fp32": p50["ort-fp32"] / p50[subject],
+           "map_drop": fp32["map"] - me["map"], "smaller_than_fp32": fp32["size_mb"] / me["size_mb"]}
+    floats = [n for n in FLOAT_TARGETS if n in rows]
+    fastest_float = min(floats, key=p50.__getitem__)
+    out.update(fastest_float=fastest_float, vs_fastest_float=p50[fastest_float] / p50[subject])
+    peers = [n for n in PEERS if n in rows]
+    if peers:
+        peer = min(peers, key=p50.__getitem__)
+        out.update(fastest_peer=peer, vs_fastest_peer=p50[peer] / p50[subject],
+                   map_vs_peer=me["map"] - rows[peer]["map"])
+    return out
+
+
+def bars_sentence(bench: dict) -> str:
+    """One sentence with every ratio, for BENCHMARKS.md."""
+    b = speed_bars(bench)
+    text = (f"**The shipped plan on OpenVINO ({b['subject']})** runs {b['vs_ort_fp32']:.2f}x faster than ort-fp32 "
+            f"at batch {b['batch']} ({b['p50_ms']:.2f} ms), {b['vs_fastest_float']:.2f}x faster than the fastest "
+            f"float target ({b['fastest_float']})")
+    if "fastest_peer" in b:
+        text += (f" and {b['vs_fastest_peer']:.2f}x faster than the fastest peer ({b['fastest_peer']}, whose mAP is "
+                 f"{abs(b['map_vs_peer']) * 100:.2f} points {'lower' if b['map_vs_peer'] >= 0 else 'higher'})")
+    return (text + f"; it loses {b['map_drop'] * 100:.2f} mAP points against FP32 and is "
+            f"{b['smaller_than_fp32']:.2f}x smaller than the FP32 ONNX file.")
