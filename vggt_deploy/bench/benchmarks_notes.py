@@ -20,6 +20,10 @@ Results = dict[str, dict]  # file stem -> parsed JSON
 
 WHY_MODEST = ("each MatMul of this small model is small, so quantize/dequantize and the float ops around it "
               "(LayerNorm, softmax, the per-head q/k norms) weigh as much as the int8 GEMMs")
+ATTENTION_UNFUSED = ("its Attention fusion looks for Q·Kᵀ, scale, an optional mask and softmax straight after "
+                     "the projections, while this model normalises Q and K per head (RMS q/k-norm) and adds the "
+                     "grounding tokens' spatial-prior bias before softmax, so attention runs as separate MatMul, "
+                     "Softmax and elementwise kernels on ONNX Runtime (OpenVINO fuses them into its own subgraphs)")
 ENTROPY_NOTE = ("ONNX Runtime's `quantize_static` cannot set its entropy calibrator's bin counts and its defaults "
                 "make \"entropy\" identical to minmax, so vggt-deploy computes entropy ranges itself with a finer "
                 "histogram (as TensorRT's calibrator does)")
@@ -332,7 +336,15 @@ def _domain(res: Results) -> str:
             f"the mixed plan {_loss(mixed['drop_points'])} against FP32 on {dom}.")
 
 
-NUMBERS: list[Callable[[Results], str]] = [_openvino, _shipped, _accuracy, _flavours, _size, _speed, _sweeps, _dynamic]
+def _ort_fusions(res: Results) -> str:
+    f = res["ort_fusions"]
+    fused = ", ".join(f"{op} x{n}" for op, n in f["fusions"].items()) or "nothing"
+    return (f"ONNX Runtime {f['onnxruntime']}'s transformer fusions (`{f['command']}`) fuse {fused}, and "
+            f"{f['attention_fused']} of the {f['attention_blocks_in_graph']} attention blocks: {ATTENTION_UNFUSED}.")
+
+
+NUMBERS: list[Callable[[Results], str]] = [_openvino, _shipped, _accuracy, _flavours, _size, _speed, _sweeps, _dynamic,
+                                           _ort_fusions]
 ANALYSIS: list[Callable[[Results], str]] = [_sensitivity, _unit_latency, _auto, _granularity, _calibration,
                                             _grounding, _small_objects, _domain]
 
