@@ -32,3 +32,12 @@ def test_missing_subject_or_peers():
     assert "fastest_peer" not in speed_bars(without_peers)
     with pytest.raises(KeyError):
         speed_bars({**BENCH, "targets": [r for r in BENCH["targets"] if r["name"] != "ov-mixed"]})
+
+
+def test_an_openvino_ir_weighs_its_xml_and_bin(tmp_path):
+    from vggt_deploy.bench.harness import model_bytes
+
+    (tmp_path / "m.xml").write_bytes(b"x" * 10)
+    (tmp_path / "m.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "m.onnx").write_bytes(b"x" * 7)
+    assert model_bytes(tmp_path / "m.xml") == 1010 and model_bytes(tmp_path / "m.onnx") == 7

@@ -120,7 +120,7 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
             runner.infer(feeds)
             res.mem_mb = _peak_memory(available[name], runner, path, cfg, loaded.model.cfg, len(queries))
             res.file = str(path)
-            res.size_mb = round(path.stat().st_size / 1e6, 3)
+            res.size_mb = round(model_bytes(path) / 1e6, 3)
             runners[name] = runner
         except Exception as exc:  # a failing target is a row, never a stop
             res.status, res.reason = "failed", _reason(exc)
@@ -174,6 +174,13 @@ def _energy(runners: dict[str, Runner], feeds: dict, results: dict[str, TargetRe
         watts = sampler.stop()
         if watts is not None and results[name].latency_ms:
             results[name].energy_mj = round(watts * results[name].latency_ms["p50"] / batch, 3)
+
+
+def model_bytes(path: Path) -> int:
+    """The size of what a target loads: an OpenVINO IR is its .xml plus its .bin."""
+    size = path.stat().st_size
+    weights = path.with_suffix(".bin")
+    return size + weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else size
 
 
 def runtime_version(runtime: str) -> str:
