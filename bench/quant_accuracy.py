@@ -33,6 +33,7 @@ VARIANTS = [  # (label, plan, target override)
     ("int8 (ORT, U8S8)", "int8", None),
     ("mixed (ORT, U8S8)", "mixed", None),
     ("mixed (TensorRT flavour, S8S8 symmetric)", "mixed", "tensorrt"),
+    ("mixed-trt (TensorRT flavour, S8S8 symmetric)", "mixed-trt", None),
     ("mixed-dynamic (ORT)", "mixed-dynamic", None),
 ]
 
@@ -54,7 +55,8 @@ def main() -> None:
         if plan_path is not None and not plan_path.exists():
             continue
         plan = load_plan(plan_path, target=target) if plan_path else None
-        out = export_from_model(args.model, args.build / label.split()[0] / (target or "ort"), plan)
+        out = export_from_model(args.model, args.build / label.split()[0] / (target or plan.target if plan else "ort"),
+                                plan)
         files[label] = out.qdq or out.fp32
     rows = []
     for label, path in files.items():

@@ -41,3 +41,15 @@ def test_an_openvino_ir_weighs_its_xml_and_bin(tmp_path):
     (tmp_path / "m.bin").write_bytes(b"x" * 1000)
     (tmp_path / "m.onnx").write_bytes(b"x" * 7)
     assert model_bytes(tmp_path / "m.xml") == 1010 and model_bytes(tmp_path / "m.onnx") == 7
+
+
+def test_profile_sentence_splits_int8_and_float_time():
+    from vggt_deploy.bench.speed_bars import profile_sentence
+
+    rows = [{"target": "ov-mixed", "node_type": "FullyConnected", "kernel": "brgemm_avx512_I8", "us": 1000.0,
+             "total_us": 2000.0},
+            {"target": "ov-mixed", "node_type": "Subgraph", "kernel": "jit_avx512_bf16", "us": 1000.0, "total_us": 2000.0},
+            {"target": "ov-bf16 (FP32 graph)", "node_type": "FullyConnected", "kernel": "brgemm_avx512_bf16",
+             "us": 1700.0, "total_us": 2700.0}]
+    text = profile_sentence({"rows": rows})
+    assert "spends 2000 µs" in text and "50% in int8 kernels" in text and "1.70x" in text and "1000 µs in float" in text

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from vggt_deploy.cli import main
 from vggt_deploy.paths import shipped_plan, shipped_plan_names
-from vggt_deploy.quant.plan import load_plan, parse_plan
+from vggt_deploy.quant.plan import TARGETS, load_plan, parse_plan
 from vggt_deploy.quant.plan_yaml import MAX_PLAN_BYTES
 
 V = "version: 1\n"
@@ -116,7 +116,7 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("prec-int16-tensorrt", V + "target: tensorrt\ndefault: {precision: int16}\n", "default.precision: int16 cannot run on target tensorrt"),
     ("prec-fp16-on-cpu", V + "default: {precision: fp16}\n", "default.precision: fp16 cannot run on target onnxruntime-cpu (use one of int8, int4, fp32)"),
     ("prec-int4-on-tensorrt", V + "target: tensorrt\ndefault: {precision: int4}\n", "default.precision: int4 cannot run on target tensorrt"),
-    ("prec-unknown", V + "default: {precision: int9}\n", "default.precision: 'int9' is not one of int8, int4, int16, fp16, fp32 (did you mean 'int8'?)"),
+    ("prec-unknown", V + "default: {precision: int9}\n", "default.precision: 'int9' is not one of int8, int4, int16, fp16, bf16, fp32 (did you mean 'int8'?)"),
     ("prec-bool", V + "default: {precision: true}\n", "default.precision: true is not one of"),
     ("prec-int4-per-channel", V + "default: {precision: int4}\n", "default: int4 is weight-only: it needs weight_granularity: per-block"),
     ("prec-per-block-fp32", V + "default: {precision: fp32, weight_granularity: per-block, activations: off}\n",
@@ -250,7 +250,7 @@ def test_a_plan_path_that_is_not_a_file(value, fragment, tiny_export, tmp_path, 
 @pytest.mark.parametrize("name", shipped_plan_names())
 def test_shipped_plans_still_parse(name):
     plan = load_plan(shipped_plan(name))
-    assert plan.version == 1 and plan.target in ("onnxruntime-cpu", "tensorrt")
+    assert plan.version == 1 and plan.target in TARGETS
 
 
 def test_the_tiny_plan_shows_its_table(tiny_export, tiny_plan_text, tmp_path):
