@@ -60,8 +60,13 @@ def test_gflops_of_a_known_graph():
 
 def test_alternating_timing_statistics():
     calls = {"a": lambda: sum(range(1000)), "b": lambda: sum(range(10))}
-    stats = time_alternating(calls, warmup=1, rounds=9)
+    stats = time_alternating(calls, warmup=1, rounds=9, burst=0)
     assert set(stats) == {"a", "b"} and all(s.rounds == 9 for s in stats.values())
+    # Bursts: per round one untimed call that re-warms the target, then `burst` timed calls.
+    counts = {"a": 0, "b": 0}
+    calls = {k: (lambda k=k: counts.__setitem__(k, counts[k] + 1)) for k in counts}
+    stats = time_alternating(calls, warmup=2, rounds=5, burst=3)
+    assert all(s.rounds == 15 for s in stats.values()) and counts == {"a": 2 + 5 * 4, "b": 2 + 5 * 4}
     s = LatencyStats.from_samples([0.001, 0.002, 0.003], batch=2)
     assert s.p50 == 2.0 and s.fps == 1000.0
 

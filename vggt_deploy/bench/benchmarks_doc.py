@@ -137,7 +137,8 @@ def render_benchmarks(results_dir: Path, out_path: Path) -> Path:
     parts = ["# Benchmarks", "",
              f"Rendered by `vggt-deploy bench` from the files in `{results}/` beside this file: every table and every",
              "number in the notes is read or computed from them, on the machine described under Environment.",
-             "Medians of alternating timed rounds; ratios only between rows of one run.", ""]
+             "Medians of alternating timed rounds (each round runs every target in a burst: one untimed call that "
+             "re-wakes its runtime's threads, then timed calls); ratios only between rows of one run.", ""]
     parts += numbers_section(res, results_dir)
     parts += analysis_section(res)
     if "bench" in res:

@@ -133,7 +133,7 @@ def run_bench(cfg: BenchConfig) -> BenchOutcome:
     for name in runners:
         results[name].gflops = round(gflops, 3) if gflops is not None else None
     stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()},
-                             warmup=cfg.warmup, rounds=cfg.rounds, batch=cfg.batch)
+                             warmup=cfg.warmup, rounds=cfg.rounds, batch=cfg.batch, burst=cfg.burst)
     for name, s in stats.items():
         results[name].latency_ms = {"p50": round(s.p50, 3), "p90": round(s.p90, 3), "p99": round(s.p99, 3)}
         results[name].fps = round(s.fps, 2)

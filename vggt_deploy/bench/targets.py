@@ -41,6 +41,7 @@ class BenchConfig:
     warmup: int = 10
     rounds: int = 50
     threads: int = 2
+    burst: int = 4  # timed calls per target per round (see bench.timing)
 
 
 Builder = Callable[["Builds", BenchConfig], tuple[Runner, Path]]

@@ -11,6 +11,7 @@ import click
 
 from vggt_deploy.backends.capabilities import DEVICES
 from vggt_deploy.bench.sweep import SWEEPS
+from vggt_deploy.bench.timing import BURST
 from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 
 
@@ -22,7 +23,10 @@ from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 @click.option("--targets", default=None, help="Comma-separated subset, e.g. 'ort-fp32,ort-mixed' (default: all for the device).")
 @click.option("--batch-size", "batch", type=click.IntRange(1), default=1, show_default=True, help="Batch size for timing.")
 @click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True)
-@click.option("--rounds", type=click.IntRange(1), default=50, show_default=True, help="Timed rounds per target.")
+@click.option("--rounds", type=click.IntRange(1), default=50, show_default=True, help="Alternating timed rounds.")
+@click.option("--burst", type=click.IntRange(0), default=BURST, show_default=True,
+              help="Timed calls per target per round, after one untimed call that re-wakes its threads "
+                   "(0: one cold call per round).")
 @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True,
               help="Threads for every runtime (equal, non-spinning pools).")
@@ -36,7 +40,7 @@ from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 @click.option("--render-only", is_flag=True,
               help="Measure nothing: rebuild bench/BENCHMARKS.md from the files in --results-dir "
                    "(after `sensitivity`, `plan auto` or the bench/ablations scripts wrote there).")
-def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, warmup, threads, build_dir, results_dir,
+def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, burst, warmup, threads, build_dir, results_dir,
           as_json, min_map, sweep, render_only) -> None:
     """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k.
 
@@ -54,7 +58,8 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     model_dir = resolve_model(model_dir)
     cfg = BenchConfig(model_dir=model_dir, build_dir=build_dir, mixed_plan=plan_file(plan_value),
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
-                      batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads)
+                      batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads,
+                      burst=burst)
     if sweep is not None:
         _run_sweep(sweep, cfg, results_dir)
         render_benchmarks(results_dir, results_dir.parent / "BENCHMARKS.md")
@@ -62,7 +67,7 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, wa
     outcome = run_bench(cfg)
     rows = results_as_dicts(outcome.results)
     meta = {"environment": environment(), "matmul_peak_gops": outcome.peak_gops, "settings": {"model": str(model_dir), "device": device, "batch": batch,
-            "eval_images": eval_images, "rounds": rounds, "warmup": warmup, "threads": threads,
+            "eval_images": eval_images, "rounds": rounds, "burst": burst, "warmup": warmup, "threads": threads,
             "command": _command_line(click.get_current_context())}}
     paths = write_reports(rows, meta, results_dir)
     if as_json:  # one JSON object on stdout, as `eval --json`; the table and paths go to stderr
