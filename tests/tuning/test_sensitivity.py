@@ -91,6 +91,7 @@ def test_ranking_is_stable_and_damage_is_real(bench, tiny_model_dir, tiny_data, 
     scores = [u.score for u in first.units]
     assert scores == sorted(scores, reverse=True)
     assert first.confirmation["top_units_subset_order"] == [u.unit for u in first.units[:2]]
+    assert first.runtime == "openvino"  # latency savings are timed where the plan will run
 
     paths = write_sensitivity(first.to_json(), tmp_path / "out")
     table = paths["md"].read_text()
