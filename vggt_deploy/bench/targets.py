@@ -14,8 +14,10 @@ CPU targets: ours (`ort-*`, `ov-*`) and the peers a user would otherwise pick
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +192,8 @@ def _write_peer(out: Path, write: Callable[[Path], object]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.onnx")
     try:
-        write(tmp)
+        with contextlib.redirect_stdout(sys.stderr):  # onnxruntime's calibrators print to stdout (--json's)
+            write(tmp)
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, out)
     finally:
@@ -242,8 +245,9 @@ def _nncf_ov(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
         images, queries = builds.calibration_images(), builds.queries()
         model = ov.Core().read_model(str(builds.export(None)))
         items = [{"images": image[None], "query_embeds": queries} for image in images]
-        quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
-                                  subset_size=len(items))
+        with contextlib.redirect_stdout(sys.stderr):
+            quantized = nncf.quantize(model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER,
+                                      subset_size=len(items))
         tmp = out.parent.with_name(f".{out.parent.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # both live in the bench's own build folder
         ov.save_model(quantized, str(tmp / out.name))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,9 @@ def _quiet_quantizer():
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        yield
+        # Its calibrators print progress to stdout, which belongs to `--json` output: send it to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         root.setLevel(level)
 
