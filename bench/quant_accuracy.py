@@ -33,7 +33,6 @@ VARIANTS = [  # (label, plan, target override)
     ("int8 (ORT, U8S8)", "int8", None),
     ("mixed (ORT, U8S8)", "mixed", None),
     ("mixed (TensorRT flavour, S8S8 symmetric)", "mixed", "tensorrt"),
-    ("mixed-trt (TensorRT flavour, S8S8 symmetric)", "mixed-trt", None),
     ("mixed-dynamic (ORT)", "mixed-dynamic", None),
 ]
 

@@ -45,7 +45,9 @@ def bars_sentence(bench: dict) -> str:
     if "fastest_peer" in b:
         text += (f" and {b['vs_fastest_peer']:.2f}x faster than the fastest peer ({b['fastest_peer']}, whose mAP is "
                  f"{abs(b['map_vs_peer']) * 100:.2f} points {'lower' if b['map_vs_peer'] >= 0 else 'higher'})")
-    return (text + f"; it loses {b['map_drop'] * 100:.2f} mAP points against FP32 and is "
+    drop = b["map_drop"] * 100
+    change = f"loses {drop:.2f}" if drop >= 0 else f"gains {-drop:.2f}"
+    return (text + f"; it {change} mAP points against FP32 and is "
             f"{b['smaller_than_fp32']:.2f}x smaller than the FP32 ONNX file.")
 
 

@@ -281,5 +281,5 @@ def _trt(plan: str | None, int8: bool) -> Builder:
 register_target("trt-fp16", "TensorRT, fp16", "tensorrt", "fp16", "tensorrt", device="cuda")(_trt(None, False))
 register_target("trt-int8", "TensorRT, uniform int8 plan (QDQ) + fp16 elsewhere", "tensorrt", "int8", "tensorrt",
                 plan="int8", device="cuda")(_trt("int8", True))
-register_target("trt-mixed", "TensorRT, mixed-trt plan (QDQ) + fp16 elsewhere", "tensorrt", "mixed", "tensorrt",
-                plan="mixed-trt", device="cuda")(_trt("mixed-trt", True))
+register_target("trt-mixed", "TensorRT, mixed plan (QDQ) + fp16 elsewhere", "tensorrt", "mixed", "tensorrt",
+                plan="mixed", device="cuda")(_trt("mixed", True))

@@ -17,7 +17,7 @@ from vggt_deploy.errors import UserError
 @click.option("--onnx", "onnx_file", type=click.Path(path_type=Path), default=None,
               help="Quantize an existing ONNX image model instead (needs --plan; its calibration.input describes preprocessing).")
 @click.option("--plan", "plan_value", default=None,
-              help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-trt...).")
+              help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-dynamic).")
 @click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target (QDQ flavour).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/export"),
               show_default=True, help="Output folder (new, or existing: files of other tools there are left alone).")
