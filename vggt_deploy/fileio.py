@@ -12,6 +12,7 @@ Outputs made of several files are written together by `vggt_deploy.outputs`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -137,3 +138,12 @@ def atomic_save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
 def atomic_write_json(path: str | Path, obj: object) -> Path:
     """`obj` as indented JSON; NaN and infinity are refused (they are not JSON)."""
     return atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks so large weights never sit in memory whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

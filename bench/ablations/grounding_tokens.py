@@ -74,7 +74,7 @@ def train_all(shard: tuple[int, int], threads: int) -> None:
 
 def scored(path: Path) -> dict:
     """FP32 and INT8-mixed results of one trained run (cached beside its eval files, keyed by the weights' hash)."""
-    from vggt_deploy.model.io import sha256_file
+    from vggt_deploy.fileio import sha256_file
 
     cache = RUNS / "eval" / path.name / "result.json"
     digest = sha256_file(path / "model.safetensors")

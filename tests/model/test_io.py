@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.model.io import load_model, save_model, sha256_file
+from vggt_deploy.fileio import sha256_file
+from vggt_deploy.model.io import load_model, save_model
 
 
 def test_round_trip_gives_identical_outputs(tiny_model_dir, tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import struct
 import zlib
@@ -18,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from cli_checks import assert_user_error, snapshot
 from click.testing import CliRunner
 
 from vggt_deploy.cli import main
@@ -29,36 +29,6 @@ AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _snapshot(*roots: Path) -> dict[str, object]:
-    """Every file under `roots` with its bytes, folders as markers (unreadable files: stat)."""
-    snap: dict[str, object] = {}
-    for root in roots:
-        root = Path(root)
-        for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
-            if p.is_dir():
-                snap[str(p)] = "dir"
-            elif p.is_file():
-                st = p.stat()
-                try:
-                    snap[str(p)] = p.read_bytes()
-                except PermissionError:
-                    snap[str(p)] = (st.st_size, st.st_mtime_ns, st.st_mode)
-            else:
-                snap[str(p)] = "missing" if not p.exists() else "other"
-    return snap
-
-
-def _assert_user_error(result, expect: str, before: dict, inputs: list[Path], out: Path) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(expect, lines[0]), f"{expect!r} not in {lines[0]!r}"
-    assert _snapshot(*inputs) == before, "an input was modified"
-    assert not out.exists(), f"{out} was created"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -177,12 +147,12 @@ def test_bad_image_for_infer_is_one_error_line(make, expect, tiny_model_dir, tmp
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     image = make(inputs)
-    before = _snapshot(inputs, tiny_model_dir)
+    before = snapshot(inputs, tiny_model_dir)
     out = tmp_path / "out"
     try:
         result = CliRunner().invoke(main, ["infer", "--model", str(tiny_model_dir), "--image", str(image),
                                            "-q", "red circle", "-o", str(out)])
-        _assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
+        assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
     finally:
         if image.exists() and not image.is_symlink():
             image.chmod(0o644 if not image.is_dir() else 0o755)
@@ -309,10 +279,10 @@ def test_bad_calibration_images_for_export_are_one_error_line(make, expect, tiny
     plan.write_text("version: 1\ntarget: onnxruntime-cpu\n"
                     f"calibration: {{method: minmax, images: {json.dumps(str(source))}, num_images: 2}}\n"
                     "default: {precision: int8, weight_granularity: per-channel, activations: static}\n")
-    before = _snapshot(inputs, tiny_model_dir)
+    before = snapshot(inputs, tiny_model_dir)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", "--model", str(tiny_model_dir), "--plan", str(plan), "-o", str(out)])
-    _assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
+    assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
 
 
 # --------------------------------------------------------------------------- what stays accepted

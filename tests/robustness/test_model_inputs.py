@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import assert_user_error, snapshot
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from vggt_deploy.cli import main
-from vggt_deploy.model.io import sha256_file
+from vggt_deploy.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "calib_data" / "calib_0000.jpg"
@@ -28,36 +28,6 @@ AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _snapshot(*roots: Path) -> dict[str, object]:
-    """Every file under `roots` with its bytes (large files: size and mtime), folders as markers."""
-    snap: dict[str, object] = {}
-    for root in roots:
-        root = Path(root)
-        for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
-            if p.is_dir():
-                snap[str(p)] = "dir"
-            elif p.is_file():
-                st = p.stat()
-                try:
-                    snap[str(p)] = p.read_bytes() if st.st_size < 2**26 else (st.st_size, st.st_mtime_ns)
-                except PermissionError:
-                    snap[str(p)] = (st.st_size, st.st_mtime_ns, st.st_mode)
-            else:
-                snap[str(p)] = "missing" if not p.exists() else "other"
-    return snap
-
-
-def _assert_user_error(result, expect: str, before: dict, inputs: list[Path], out: Path) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(expect, lines[0]), f"{expect!r} not in {lines[0]!r}"
-    assert _snapshot(*inputs) == before, "an input was modified"
-    assert not out.exists(), f"{out} was created"
 
 
 def _meta_edit(**changes):
@@ -319,12 +289,12 @@ def test_broken_model_folder_is_one_error_line(corrupt, expect, tiny_model_dir, 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     corrupt(model)
-    before = _snapshot(model, IMAGE)
+    before = snapshot(model, IMAGE)
     out = tmp_path / "out"
     try:
         result = CliRunner().invoke(main, ["infer", "--model", str(model), "--image", str(IMAGE), "-q", "red circle",
                                            "-o", str(out)])
-        _assert_user_error(result, expect, before, [model, IMAGE], out)
+        assert_user_error(result, expect, before, [model, IMAGE], out)
     finally:
         for p in model.rglob("*") if model.is_dir() else []:
             p.chmod(0o755 if p.is_dir() else 0o644)
@@ -335,11 +305,11 @@ def test_plan_show_and_eval_report_the_same_config_error(tiny_model_dir, tiny_da
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     _cfg(num_heads=0)(model)
-    before = _snapshot(model)
+    before = snapshot(model)
     for args in (["plan", "show", "--model", str(model), "--plan", "int8"],
                  ["eval", "--model", str(model), "--data", str(tiny_data), "--eval-images", "2"]):
         result = CliRunner().invoke(main, args)
-        _assert_user_error(result, r"config field 'num_heads' must be an integer in 1\.\.1024, got 0", before, [model],
+        assert_user_error(result, r"config field 'num_heads' must be an integer in 1\.\.1024, got 0", before, [model],
                            tmp_path / "none")
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from cli_checks import assert_user_error, snapshot
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -26,33 +26,6 @@ SIZE = 16  # the foreign model's input side
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _snapshot(*roots: Path) -> dict[str, object]:
-    """Every file under `roots` with its bytes (large files: size and mtime), folders as markers."""
-    snap: dict[str, object] = {}
-    for root in roots:
-        root = Path(root)
-        for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
-            if p.is_dir():
-                snap[str(p)] = "dir"
-            elif p.is_file():
-                st = p.stat()
-                snap[str(p)] = p.read_bytes() if st.st_size < 2**26 else (st.st_size, st.st_mtime_ns)
-            else:
-                snap[str(p)] = "missing" if not p.exists() else "other"
-    return snap
-
-
-def _assert_user_error(result, expect: str, before: dict, inputs: list[Path], out: Path) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: "), lines[0]
-    assert re.search(expect, lines[0]), f"{expect!r} not in {lines[0]!r}"
-    assert _snapshot(*inputs) == before, "an input was modified"
-    assert not out.exists(), f"{out} was created"
 
 
 def _graph_model(nodes, inputs, outputs, opsets, initializers=(), ir_version=10) -> onnx.ModelProto:
@@ -173,10 +146,10 @@ def test_bad_onnx_for_build_ort_is_one_error_line(make, expect, tiny_export, tmp
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     onnx_file = make(inputs, Path(tiny_export.fp32))
-    before = _snapshot(inputs)
+    before = snapshot(inputs)
     out = tmp_path / "out" / "opt.onnx"
     result = CliRunner().invoke(main, ["build-ort", "--onnx", str(onnx_file), "-o", str(out)])
-    _assert_user_error(result, expect, before, [inputs], out.parent)
+    assert_user_error(result, expect, before, [inputs], out.parent)
 
 
 _EXPORT_SUBSET = ("folder", "empty", "garbage", "truncated", "over_2gb", "opset_99", "no_outputs")
@@ -190,10 +163,10 @@ def test_bad_onnx_for_export_is_one_error_line(make, expect, tiny_export, tmp_pa
     plan = inputs / "plan.yaml"
     plan.write_text("version: 1\ntarget: onnxruntime-cpu\ncalibration: {method: minmax, num_images: 2}\n"
                     "default: {precision: int8}\n")
-    before = _snapshot(inputs)
+    before = snapshot(inputs)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", "--onnx", str(onnx_file), "--plan", str(plan), "-o", str(out)])
-    _assert_user_error(result, expect, before, [inputs], out)
+    assert_user_error(result, expect, before, [inputs], out)
 
 
 ORT = r"ONNX Runtime cannot load it \("
@@ -211,11 +184,11 @@ def test_onnx_runtime_load_failure_for_infer_is_one_error_line(make, expect, tin
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     onnx_file = make(inputs, Path(tiny_export.fp32))
-    before = _snapshot(inputs, tiny_model_dir)
+    before = snapshot(inputs, tiny_model_dir)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["infer", "--onnx", str(onnx_file), "--model", str(tiny_model_dir),
                                        "--image", str(IMAGE), "-q", "red circle", "-o", str(out)])
-    _assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
+    assert_user_error(result, expect, before, [inputs, tiny_model_dir], out)
 
 
 @pytest.mark.parametrize("make, expect", _case_ids([
@@ -228,10 +201,10 @@ def test_bad_onnx_for_eval_is_one_error_line(make, expect, tiny_export, tiny_mod
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     onnx_file = make(inputs, Path(tiny_export.fp32))
-    before = _snapshot(inputs, tiny_model_dir, tiny_data)
+    before = snapshot(inputs, tiny_model_dir, tiny_data)
     result = CliRunner().invoke(main, ["eval", "--onnx", str(onnx_file), "--model", str(tiny_model_dir),
                                        "--data", str(tiny_data), "--eval-images", "2", "--json"])
-    _assert_user_error(result, expect, before, [inputs, tiny_model_dir, tiny_data], tmp_path / "no-output")
+    assert_user_error(result, expect, before, [inputs, tiny_model_dir, tiny_data], tmp_path / "no-output")
 
 
 # --------------------------------------------------------------------------- .npy calibration tensors
@@ -338,21 +311,21 @@ def test_bad_npy_calibration_tensors_are_one_error_line(make, expect, foreign_on
     folder.mkdir(parents=True)
     make(folder)
     plan = _plan(folder, inputs)
-    before = _snapshot(inputs, foreign_onnx)
+    before = snapshot(inputs, foreign_onnx)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["export", "--onnx", str(foreign_onnx), "--plan", str(plan), "-o", str(out)])
-    _assert_user_error(result, expect, before, [inputs, foreign_onnx], out)
+    assert_user_error(result, expect, before, [inputs, foreign_onnx], out)
 
 
 def test_missing_npy_folder_and_images_with_zero_std(foreign_onnx, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    before = _snapshot(inputs, foreign_onnx)
+    before = snapshot(inputs, foreign_onnx)
     out = tmp_path / "out"
     plan = _plan(inputs / "nowhere", inputs)
     result = CliRunner().invoke(main, ["export", "--onnx", str(foreign_onnx), "--plan", str(plan), "-o", str(out)])
-    before = _snapshot(inputs, foreign_onnx)
-    _assert_user_error(result, r"nowhere: calibration \.npy folder not found", before, [inputs, foreign_onnx], out)
+    before = snapshot(inputs, foreign_onnx)
+    assert_user_error(result, r"nowhere: calibration \.npy folder not found", before, [inputs, foreign_onnx], out)
     # images with a zero std: refused by the plan or by the finite check on the preprocessed batch
     plan = inputs / "std.yaml"
     plan.write_text(f"""\
@@ -365,9 +338,9 @@ calibration:
   input: {{name: pixels, size: {SIZE}, std: [0.25, 0.0, 0.25]}}
 default: {{precision: int8}}
 """)
-    before = _snapshot(inputs, foreign_onnx)
+    before = snapshot(inputs, foreign_onnx)
     result = CliRunner().invoke(main, ["export", "--onnx", str(foreign_onnx), "--plan", str(plan), "-o", str(out)])
-    _assert_user_error(result, r"std", before, [inputs, foreign_onnx], out)
+    assert_user_error(result, r"std", before, [inputs, foreign_onnx], out)
 
 
 def test_good_npy_tensors_still_calibrate(foreign_onnx, tmp_path):

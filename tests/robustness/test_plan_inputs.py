@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from vggt_deploy.cli import main
 from vggt_deploy.paths import shipped_plan, shipped_plan_names
-from vggt_deploy.quant.plan import TARGETS, load_plan, parse_plan
+from vggt_deploy.quant.plan import load_plan, parse_plan
+from vggt_deploy.quant.plan_targets import TARGETS
 from vggt_deploy.quant.plan_yaml import MAX_PLAN_BYTES
 
 V = "version: 1\n"

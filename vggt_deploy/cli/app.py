@@ -15,7 +15,7 @@ import click
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.paths import default_model_dir, plan_path
-from vggt_deploy.quant.plan import TARGETS
+from vggt_deploy.quant.plan_targets import TARGETS
 
 _USER_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
                      errno.EROFS, errno.ENOSPC, errno.ELOOP, errno.EEXIST}

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from vggt_deploy.data.scenes import SPLIT_SEEDS, SceneConfig, generate_scene, scene_config_dict
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import sha256_file
 from vggt_deploy.outputs import OutputFolder, check_output_path
 
 MANIFEST = "manifest.json"
@@ -101,18 +102,10 @@ def calibration_files(folder: str | Path, verify: bool = True) -> list[Path]:
             raise UserError(f"{path}: listed in {manifest_path} but missing")
         if verify:
             try:
-                digest = _sha256(path)
+                digest = sha256_file(path)
             except OSError as exc:
                 raise UserError(f"{path}: cannot read it ({exc.strerror or exc})") from None
             if digest != sha.lower():
                 raise UserError(f"{path}: sha256 differs from {manifest_path}; regenerate the set or fix the file")
         paths.append(path)
     return paths
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vggt_deploy.fileio import atomic_save_figure
-from vggt_deploy.model.io import CONFIG, WEIGHTS, atomic_write_text, sha256_file
+from vggt_deploy.fileio import atomic_save_figure, sha256_file
+from vggt_deploy.model.io import CONFIG, WEIGHTS, atomic_write_text
 
 CARD = "MODEL_CARD.md"
 CURVE = "training_curve.png"

@@ -12,7 +12,6 @@ or swapped file never runs silently.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,20 +24,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vggt_deploy.errors import UserError
-from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.fileio import atomic_write_text, sha256_file
 from vggt_deploy.model.config import VGGTConfig
 from vggt_deploy.model.query_encoder import WordTokenizer
 from vggt_deploy.model.vggt import VGGT, create_model
 
 WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> str:

@@ -32,35 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from vggt_deploy.quant.plan_regex import regex_problem
+from vggt_deploy.quant.plan_targets import (  # TARGETS, PRECISIONS...: the plan's public vocabulary
+    ACTIVATIONS,
+    CANNOT_RUN_WHY,
+    GRANULARITIES,
+    METHODS,
+    NOT_IMPLEMENTED,
+    PRECISIONS,
+    TARGET_ACTIVATIONS,
+    TARGET_CAN_RUN,
+    TARGET_PRECISIONS,
+    TARGETS,
+)
 from vggt_deploy.quant.plan_yaml import PlanError, key_text, load_yaml, read_plan_file
 
 VERSION = 1
-TARGETS = ("tensorrt", "onnxruntime-cpu", "openvino-cpu")
-PRECISIONS = ("int8", "int4", "int16", "fp16", "bf16", "fp32")
-GRANULARITIES = ("per-channel", "per-tensor", "per-block")
-ACTIVATIONS = ("static", "dynamic", "off")
-METHODS = ("minmax", "percentile", "entropy", "mse")
-
-# What each target's runtime can run at all. TensorRT has no int16 QDQ and no dynamic activation
-# quantization, and its int4 weight-only path needs blocked DequantizeLinear (opset 21), which
-# TensorRT 10.3's parser (JetPack 6) does not read. ONNX Runtime's CPU provider has no fast fp16
-# kernels, so fp16 there would be a silent slowdown, and no fast bf16 path either. OpenVINO reads the
-# ONNX Runtime QDQ flavour (U8S8, static activations) and runs float layers in bf16 where the CPU has
-# AVX512_BF16 or AMX; `fp32` layers are pinned to fp32 there. It cannot read ONNX Runtime's
-# MatMulNBits (int4/weight-only) or DynamicQuantizeMatMul (dynamic activations).
-TARGET_CAN_RUN = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "int16", "fp32"),
-                  "openvino-cpu": ("int8", "bf16", "fp32")}
-# What this release builds for each target: the parser refuses the rest, so `plan show` and
-# `export` agree (quant/qdq.py keeps its own check as a second guard).
-TARGET_PRECISIONS = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("int8", "int4", "fp32"),
-                     "openvino-cpu": ("int8", "bf16", "fp32")}
-# Why a precision cannot run on a target, where a reason helps more than the list of what can.
-CANNOT_RUN_WHY = {("bf16", "onnxruntime-cpu"): "ONNX Runtime's CPU provider has no fast bf16 path; use target "
-                                               "openvino-cpu for bf16 float layers, or fp32",
-                  ("bf16", "tensorrt"): "TensorRT's reduced float precision is fp16"}
-# Precisions a target could run but this release does not build yet, and what to use instead.
-NOT_IMPLEMENTED = {"int16": "int8 or fp32"}
-TARGET_ACTIVATIONS = {"tensorrt": ("static",), "onnxruntime-cpu": ACTIVATIONS, "openvino-cpu": ("static",)}
 MAX_MATCH_CHARS = 500  # layer names are shorter; a longer pattern is a mistake
 MAX_TEXT_CHARS = 4096  # paths and input names
 TOP_KEYS = ("version", "target", "calibration", "default", "rules")

@@ -35,12 +35,11 @@ from vggt_deploy.backends.openvino.sidecar import (
     CACHE,
     IR_FILES,
     SIDECAR,
-    file_sha256,
     metadata_fields,
     previous_build,
 )
 from vggt_deploy.errors import UserError
-from vggt_deploy.fileio import atomic_write_json
+from vggt_deploy.fileio import atomic_write_json, sha256_file
 from vggt_deploy.outputs import OutputFolder, check_output_path
 
 
@@ -119,7 +118,7 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
         sidecar = {
             "openvino": ov.__version__, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "precision": precision,
             "options": {**options.to_dict(), "precision": precision}, "compile_config": config,
-            "source": os.path.abspath(onnx_file), "source_sha256": file_sha256(onnx_file),
+            "source": os.path.abspath(onnx_file), "source_sha256": sha256_file(onnx_file),
             **metadata_fields(meta),
             "batch_sizes": list(batch_sizes) if options.static_shapes else [],
             "num_queries": queries if options.static_shapes else None,

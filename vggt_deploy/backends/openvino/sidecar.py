@@ -8,12 +8,12 @@ came from; the runner checks all three before loading, as the TensorRT runner do
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import sha256_file
 
 SIDECAR = "model.json"
 IR_FILES = ("model.xml", "model.bin")
@@ -22,14 +22,6 @@ REQUIRED = ("openvino", "cpu", "cpu_flags", "precision", "options", "source", "s
 # ONNX metadata the export wrote -> sidecar field (the plan's layer precisions are JSON)
 METADATA_FIELDS = {"vggt.model": "model", "vggt.config_hash": "config_hash", "vggt.plan_hash": "plan_hash",
                    "vggt.target": "target", "vggt.layer_precisions": "layer_precisions"}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metadata_fields(meta: dict[str, str]) -> dict:
@@ -98,7 +90,7 @@ def check_sidecar(folder: Path, sidecar: dict, ov_version: str, cpu: str, flags:
                                        f"new here: {' '.join(only_here)}" if only_here else "") if p)
         problems.append(f"CPU flags differ ({detail})")
     source = Path(sidecar["source"])
-    if source.is_file() and file_sha256(source) != sidecar["source_sha256"]:  # gone (a deployed folder) is fine
+    if source.is_file() and sha256_file(source) != sidecar["source_sha256"]:  # gone (a deployed folder) is fine
         problems.append(f"its source {source} has changed since the build (sha256 differs)")
     if problems:
         raise UserError(f"{folder}: " + "; ".join(problems) +
