@@ -148,10 +148,14 @@ class TensorReader:
 
 
 def ort_method(spec: CalibrationSpec):
-    """The onnxruntime CalibrationMethod and calibrator options for a plan's method."""
+    """The onnxruntime CalibrationMethod and calibrator options for a plan's method.
+
+    `auto` ranges are computed here (`auto_calib.py`) and handed over through the range cache
+    labelled MinMax, the label quantize_static checks the cache against.
+    """
     from onnxruntime.quantization import CalibrationMethod
 
-    if spec.method == "minmax":
+    if spec.method in ("minmax", "auto"):
         return CalibrationMethod.MinMax, {}
     if spec.method == "percentile":
         return CalibrationMethod.Percentile, {"CalibPercentile": spec.percentile}
@@ -187,9 +191,15 @@ def precompute_entropy_ranges(model, reader: TensorReader, cache_file: Path, op_
         save_tensors_data(calibrator.compute_data(), cache_file)
 
 
-def cache_path(cache_dir: Path, fp32_bytes: bytes, spec: CalibrationSpec) -> Path:
-    """Range-cache file for this model and calibration section (rules are not part of the key)."""
+def cache_path(cache_dir: Path, fp32_bytes: bytes, spec: CalibrationSpec, target: str | None = None) -> Path:
+    """Range-cache file for this model and calibration section (rules are not part of the key).
+
+    `auto` scores ranges with the target's activation quantizer (int8 symmetric on TensorRT,
+    uint8 elsewhere), so its caches differ by that flavour.
+    """
     model_hash = hashlib.sha256(fp32_bytes).hexdigest()[:16]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    bins = f"_bins{ENTROPY_BINS}" if spec.method == "entropy" else ""  # caches of the degenerate 128-bin search differ
-    return cache_dir / f"ranges_{model_hash}_{spec.cache_key()}{bins}.json"
+    suffix = f"_bins{ENTROPY_BINS}" if spec.method == "entropy" else ""  # caches of the degenerate 128-bin search differ
+    if spec.method == "auto":
+        suffix = "_auto_s8" if target == "tensorrt" else "_auto_u8"
+    return cache_dir / f"ranges_{model_hash}_{spec.cache_key()}{suffix}.json"

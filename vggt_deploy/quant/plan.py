@@ -62,6 +62,10 @@ class LayerSpec:
         block_size: block length for per-block weights (int4).
         activations: static (calibrated QDQ) | dynamic (ORT CPU, computed at run time) | off.
         attention_matmuls: also quantize Q·Kᵀ and attention·V inside matched attention modules.
+        smoothing: SmoothQuant migration strength alpha in [0, 1] (plan: ``smoothing: {alpha: 0.5}``),
+            or None (off). Per-channel factors move activation outliers into the weights; they are
+            folded into the producer of the layer's input (LayerNorm affine or a previous Linear),
+            so the exported graph gains no op (see `quant/smoothing.py`).
     """
 
     precision: str = "int8"
@@ -69,6 +73,7 @@ class LayerSpec:
     block_size: int = 32
     activations: str = "static"
     attention_matmuls: bool = False
+    smoothing: float | None = None
 
     @property
     def quantized(self) -> bool:
@@ -89,9 +94,14 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Where calibration data comes from and how ranges are computed."""
+    """Where calibration data comes from and how ranges are computed.
 
-    method: str = "percentile"
+    ``auto`` (the default) picks each tensor's clipping range by the error it causes in the
+    consumer's output on the calibration data (`quant/auto_calib.py`); minmax, percentile,
+    entropy and mse are onnxruntime's calibrators.
+    """
+
+    method: str = "auto"
     percentile: float = 99.99
     images: str = "calib_data"
     num_images: int = 128
@@ -268,8 +278,20 @@ def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any
                                 f"(use one of {', '.join(TARGET_ACTIVATIONS[target])})")
         elif key == "attention_matmuls":
             r.typed(value, p, bool)
+        elif key == "smoothing":
+            value = _smoothing(r, value, p)
         out[key] = value
     return out
+
+
+def _smoothing(r: _Reader, value: Any, path: str) -> float | None:
+    """`smoothing: {alpha: 0.5}` -> 0.5; `smoothing: off` (false) or null -> None."""
+    if value is None or value is False or value == "off":
+        return None
+    raw = r.mapping(value, path, ("alpha",), required=True)
+    if "alpha" not in raw:
+        raise r.fail(path, "missing 'alpha' (the migration strength in [0, 1], e.g. smoothing: {alpha: 0.5})")
+    return r.typed(raw["alpha"], f"{path}.alpha", float, 0.0, 1.0)
 
 
 def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
@@ -279,6 +301,9 @@ def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
         raise r.fail(path, "per-block weights need precision int4 or int8")
     if spec.weight_granularity == "per-block" and spec.activations != "off":
         raise r.fail(path, "per-block weights are weight-only: set activations: off")
+    if spec.smoothing is not None and (spec.precision != "int8" or spec.activations == "off"):
+        raise r.fail(path, "smoothing moves activation outliers into int8 weights: it needs precision int8 with "
+                           "activations static or dynamic (or smoothing: off)")
 
 
 def _match(r: _Reader, value: Any, path: str) -> str:

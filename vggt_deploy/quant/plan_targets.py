@@ -4,7 +4,7 @@ TARGETS = ("tensorrt", "onnxruntime-cpu", "openvino-cpu")
 PRECISIONS = ("int8", "int4", "int16", "fp16", "bf16", "fp32")
 GRANULARITIES = ("per-channel", "per-tensor", "per-block")
 ACTIVATIONS = ("static", "dynamic", "off")
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("auto", "minmax", "percentile", "entropy", "mse")
 
 # What each target's runtime can run at all. TensorRT has no int16 QDQ and no dynamic activation
 # quantization, and its int4 weight-only path needs blocked DequantizeLinear (opset 21), which

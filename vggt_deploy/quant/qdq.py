@@ -31,6 +31,7 @@ import onnx
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
 from vggt_deploy.graph.onnx_io import set_metadata
+from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
 from vggt_deploy.quant.resolved import ResolvedPlan
@@ -120,7 +121,7 @@ def quantize(
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     fp32_bytes = fp32.SerializeToString()
-    ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration)
+    ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration, plan.target)
     cache_hit = ranges_file.is_file()
     model = fp32
     with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp, _quiet_quantizer():
@@ -149,6 +150,11 @@ def quantize(
             reader = TensorReader(calib_images, image_input, extra_feeds) if not cache_hit else None
             if reader is not None and plan.calibration.method == "entropy":
                 precompute_entropy_ranges(fp32, reader, ranges_file, list(QUANT_OPS))
+                reader = None
+            if reader is not None and plan.calibration.method == "auto":
+                reader.bar.close()
+                ranges, decisions = auto_ranges(fp32, calib_images, image_input, extra_feeds, symmetric=trt)
+                write_cache(ranges, decisions, ranges_file)
                 reader = None
             out = Path(tmp) / "static.onnx"
             source = onnx.ModelProto()
@@ -208,6 +214,22 @@ def _weight_only(model: onnx.ModelProto, layers: list[Layer], resolved: Resolved
     return model
 
 
+def _auto_choices(resolved: ResolvedPlan, ranges_file: Path) -> dict:
+    """What `auto` chose for each activation a statically quantized layer reads, and why."""
+    static = {l.node: l.name for l in resolved.partition()[0]}
+    rows = []
+    for d in read_decisions(ranges_file):
+        layers = [static[n] for n in d.get("consumers", []) if n in static]
+        if layers:
+            rows.append({"tensor": d["tensor"], "layers": layers, "choice": d["choice"], "range": d["range"],
+                         "full_range": d["full_range"], "clipped_fraction": d["clipped_fraction"],
+                         "error_vs_minmax": d["error_vs_minmax"], "reason": d["reason"]})
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["choice"]] = counts.get(r["choice"], 0) + 1
+    return {"auto_calibration": {"choices": counts, "tensors": rows}}
+
+
 def _report(resolved: ResolvedPlan, ranges_file: Path, cache_hit: bool) -> dict:
     plan, layers = resolved.plan, resolved.layers
     rows = []
@@ -238,6 +260,7 @@ def _report(resolved: ResolvedPlan, ranges_file: Path, cache_hit: bool) -> dict:
                         "images": plan.calibration.images, "num_images": plan.calibration.num_images,
                         "cache": str(ranges_file), "cache_hit": cache_hit},
         "range_summary": {"tensors": len(ranges), "abs_max_median": float(np.median(amax)), "abs_max_max": float(amax.max())},
+        **(_auto_choices(resolved, ranges_file) if plan.calibration.method == "auto" else {}),
         "counts": {"layers": len(layers), **counts},
         "layers": rows,
     }

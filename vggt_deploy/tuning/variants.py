@@ -77,7 +77,7 @@ class Workbench:
         """The range-cache file every variant shares (same FP32 model, same calibration section)."""
         from vggt_deploy.quant.calibrate import cache_path
 
-        return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration)
+        return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration, self.base.target)
 
     def _calibration(self) -> np.ndarray | None:
         """None when the range cache already holds this model's ranges (quantize reads them from there)."""
