@@ -34,7 +34,8 @@ from vggt_deploy.graph.onnx_io import set_metadata
 from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
-from vggt_deploy.quant.resolved import ResolvedPlan
+from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
+from vggt_deploy.quant.smoothing import smooth
 
 
 @dataclass
@@ -118,6 +119,13 @@ def quantize(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     plan = resolved.plan
+    smoothing = None
+    if any(resolved.spec(layer).smoothing is not None for layer in resolved.layers):
+        # Smoothing rewrites the FP32 weights before calibration; the ranges are those of the smoothed graph.
+        if calib_images is None:
+            raise UserError("smoothing needs calibration images to measure activation channels (plan calibration.images)")
+        fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds)
+        resolved = resolve_plan(plan, fp32)  # a weight shared outside a smoothed group was copied under a new name
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     fp32_bytes = fp32.SerializeToString()
@@ -180,6 +188,8 @@ def quantize(
     if weight_only:
         model = _weight_only(model, weight_only, resolved)
     report = _report(resolved, ranges_file, cache_hit)
+    if smoothing is not None:
+        report["smoothing"] = smoothing
     if plan.target == "openvino-cpu":
         report["fp16_storage_bytes_saved"] = store_weights_fp16(model, {
             layer.weight for layer in resolved.layers if layer.weight and resolved.spec(layer).precision == "bf16"})

@@ -80,8 +80,12 @@ class Workbench:
         return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration, self.base.target)
 
     def _calibration(self) -> np.ndarray | None:
-        """None when the range cache already holds this model's ranges (quantize reads them from there)."""
-        return None if self._ranges_file.is_file() else self.calib
+        """None when the range cache already holds this model's ranges (quantize reads them from there).
+
+        Smoothing measures activation channels on the calibration images, so a plan with it always needs them.
+        """
+        smoothing = self.base.default.smoothing is not None or any("smoothing" in r.overrides for r in self.base.rules)
+        return None if self._ranges_file.is_file() and not smoothing else self.calib
 
     @functools.cached_property
     def dataset(self):
