@@ -105,3 +105,36 @@ rules:
     report = json.loads((out / "report.json").read_text())
     rows = {r["layer"]: r for r in report["layers"]}
     assert rows["0"]["activations"] == "static" and rows["3"]["precision"] == "fp32"
+
+
+def test_foreign_model_agreement_on_held_out_images(tmp_path):
+    """`export --onnx --eval-images`: the report and the summary give agreement with FP32 per output."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 16 * 16, 10)).eval()
+    onnx_file = tmp_path / "foreign.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(onnx_file), dynamo=True, input_names=["pixels"],
+                      verbose=False).save(str(onnx_file))
+    plan = tmp_path / "foreign.yaml"
+    plan.write_text("version: 1\ncalibration:\n  images: calib_data\n  num_images: 4\n"
+                    "  input: {name: pixels, size: 16}\ndefault: {precision: int8}\n")
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(held_out / f"{i}.png"), rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    result = _run("export", "--onnx", onnx_file, "--plan", plan, "--eval-images", held_out, "-o", out)
+    assert result.exit_code == 0, result.output
+    agreement = json.loads((out / "report.json").read_text())["agreement"]
+    assert agreement["num_images"] == 3
+    (name, d), = agreement["outputs"].items()
+    assert 0.9 < d["pearson_min"] <= d["pearson_mean"] <= 1.0
+    assert f"{name}: Pearson r mean" in result.output and "worst image" in result.output
+    bad = _run("export", "--onnx", onnx_file, "--plan", plan, "--eval-images", tmp_path / "nope", "-o", tmp_path / "o2")
+    assert bad.exit_code == 2 and "nope" in bad.output and not (tmp_path / "o2").exists()

@@ -96,8 +96,18 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, report, info)
 
 
-def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: Path | None = None) -> ExportOutputs:
-    """Quantize a model exported elsewhere; its input preprocessing comes from the plan."""
+EVAL_IMAGES_MAX = 64  # held-out images for the agreement check of a foreign model
+
+
+def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: Path | None = None,
+                     eval_images: Path | None = None) -> ExportOutputs:
+    """Quantize a model exported elsewhere; its input preprocessing comes from the plan.
+
+    The tool cannot know a foreign model's task metric, so with `eval_images` (a folder of
+    held-out images, up to `EVAL_IMAGES_MAX` used) the report gets the QDQ model's agreement
+    with FP32 per output (`report["agreement"]`: cosine, Pearson r mean and worst image,
+    relative L2, max abs; see `quant/compare.output_agreement`).
+    """
     out_dir = Path(out_dir)
     _check_out(out_dir, [Path(onnx_file)], plan)
     model = load_onnx(onnx_file)
@@ -115,10 +125,21 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
     pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
     resolved = resolve_plan(plan, model)
     calib = calibration_tensors(plan.calibration, pp)
+    held_out = None
+    if eval_images is not None:  # read before any work is written: a bad folder fails first
+        from vggt_deploy.quant.compare_inputs import load_images
+
+        held_out = load_images(eval_images, EVAL_IMAGES_MAX, pp, spec.channel_order)
     set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
                                                         "channel_order": spec.channel_order, "layout": "NCHW"})})
     with _output_folder(out_dir, ("export.json", *QDQ_FILES)) as tmp:
         qdq_path, report = _quantize(model, resolved, calib, {}, name, tmp, cache_dir)
+        if held_out is not None:
+            from vggt_deploy.quant.compare import output_agreement
+
+            report["agreement"] = {"images": str(eval_images), "num_images": len(held_out),
+                                   "outputs": output_agreement(model, load_onnx(qdq_path), held_out, name)}
+            atomic_write_json(tmp / "report.json", report)
         info = {"onnx": str(onnx_file), "qdq_size_mb": qdq_path.stat().st_size / 1e6}
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(Path(onnx_file), out_dir / "model.qdq.onnx", report, info)

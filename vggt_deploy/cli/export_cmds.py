@@ -19,9 +19,13 @@ from vggt_deploy.errors import UserError
 @click.option("--plan", "plan_value", default=None,
               help="Mixed-precision plan (YAML path or shipped name: fp32, fp16, int8, mixed, mixed-dynamic).")
 @click.option("--target", type=TARGET_CHOICE, default=None, help="Override the plan's target (QDQ flavour).")
+@click.option("--eval-images", "eval_images", type=click.Path(path_type=Path), default=None,
+              help="With --onnx: a folder of held-out images; report.json and the summary then give the QDQ "
+                   "model's agreement with FP32 per output (Pearson r mean and worst image, cosine, max abs), "
+                   "since the tool cannot know a foreign model's own metric. Up to 64 images are used.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("build/export"),
               show_default=True, help="Output folder (new, or existing: files of other tools there are left alone).")
-def export(model_dir, onnx_file, plan_value, target, output) -> None:
+def export(model_dir, onnx_file, plan_value, target, eval_images, output) -> None:
     """Export to FP32 ONNX (checked against PyTorch); with --plan, calibrate and write model.qdq.onnx + report.json."""
     from vggt_deploy.compile import export_from_model, export_from_onnx
     from vggt_deploy.quant.plan import load_plan
@@ -32,8 +36,10 @@ def export(model_dir, onnx_file, plan_value, target, output) -> None:
             raise UserError("give either --model or --onnx, not both")
         if plan is None:
             raise UserError("--onnx needs --plan (there is nothing to do to an ONNX file without one)")
-        result = export_from_onnx(onnx_file, output, plan)
+        result = export_from_onnx(onnx_file, output, plan, eval_images=eval_images)
     else:
+        if eval_images is not None:
+            raise UserError("--eval-images goes with --onnx (a model of this tool is measured by `vggt-deploy eval`)")
         result = export_from_model(resolve_model(model_dir), output, plan)
         diffs = ", ".join(f"{k} {v:.1e}" for k, v in result.export_info["max_abs_diff_vs_torch"].items())
         click.echo(f"FP32 ONNX: {result.fp32} ({result.export_info['fp32_size_mb']:.1f} MB); ORT vs PyTorch max |diff|: {diffs}")
@@ -43,6 +49,12 @@ def export(model_dir, onnx_file, plan_value, target, output) -> None:
                    f"layers: {counts['static']} static, {counts['dynamic']} dynamic, {counts['weight_only']} weight-only, "
                    f"{counts['float']} float; "
                    f"report: {output / 'report.json'}")
+        agreement = result.report.get("agreement")
+        if agreement:
+            click.echo(f"agreement with FP32 on {agreement['num_images']} held-out images:")
+            for name, d in agreement["outputs"].items():
+                click.echo(f"  {name}: Pearson r mean {d['pearson_mean']:.4f}, worst image {d['pearson_min']:.4f}; "
+                           f"cosine {d['cosine']:.4f}; max |diff| {d['max_abs']:.3g}")
 
 
 @main.group()
