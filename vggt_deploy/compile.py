@@ -34,6 +34,7 @@ from vggt_deploy.outputs import OutputFolder, check_output_path
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.calibrate import calibration_tensors
 from vggt_deploy.quant.plan import QdqPlan
+from vggt_deploy.quant.qat_folder import learned_ranges
 from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
 
 OUTPUT_FILES = ("model.onnx", "queries.npy", "queries.json", "export.json", "model.qdq.onnx", "report.json")
@@ -90,7 +91,8 @@ def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = Non
                 "num_nodes": len(fp32.graph.node)}
         qdq_path, report = None, None
         if plan is not None:
-            qdq_path, report = _quantize(fp32, resolved, calib, {"query_embeds": queries}, "images", tmp, cache_dir)
+            qdq_path, report = _quantize(fp32, resolved, calib, {"query_embeds": queries}, "images", tmp, cache_dir,
+                                         learned_ranges(Path(model_dir), resolved, fp32))
             info["qdq_size_mb"] = qdq_path.stat().st_size / 1e6
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, report, info)
@@ -111,27 +113,14 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
     out_dir = Path(out_dir)
     _check_out(out_dir, [Path(onnx_file)], plan)
     model = load_onnx(onnx_file)
-    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    spec = plan.calibration.input
-    name = spec.name or (graph_inputs[0].name if len(graph_inputs) == 1 else None)
-    if name is None or name not in {i.name for i in graph_inputs}:
-        names = ", ".join(i.name for i in graph_inputs)
-        raise UserError(f"{plan.source}: calibration.input.name must name the image input of {onnx_file} (inputs: {names})")
-    others = [i.name for i in graph_inputs if i.name != name]
-    if others:
-        raise UserError(f"{onnx_file}: inputs {others} besides {name!r} need calibration feeds; "
-                        "export such models with `vggt-deploy export --model` or supply a single-input model")
-    size = spec.size or _static_side(model, name, onnx_file)
-    pp = PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
+    name, pp = foreign_image_input(model, plan, onnx_file)
     resolved = resolve_plan(plan, model)
     calib = calibration_tensors(plan.calibration, pp)
     held_out = None
     if eval_images is not None:  # read before any work is written: a bad folder fails first
         from vggt_deploy.quant.compare_inputs import load_images
 
-        held_out = load_images(eval_images, EVAL_IMAGES_MAX, pp, spec.channel_order)
-    set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
-                                                        "channel_order": spec.channel_order, "layout": "NCHW"})})
+        held_out = load_images(eval_images, EVAL_IMAGES_MAX, pp, plan.calibration.input.channel_order)
     with _output_folder(out_dir, ("export.json", *QDQ_FILES)) as tmp:
         qdq_path, report = _quantize(model, resolved, calib, {}, name, tmp, cache_dir)
         if held_out is not None:
@@ -145,6 +134,29 @@ def export_from_onnx(onnx_file: Path, out_dir: Path, plan: QdqPlan, cache_dir: P
     return ExportOutputs(Path(onnx_file), out_dir / "model.qdq.onnx", report, info)
 
 
+def foreign_image_input(model: onnx.ModelProto, plan: QdqPlan, onnx_file: Path) -> tuple[str, PreprocessConfig]:
+    """The image input's name and preprocessing of a model exported elsewhere (from the plan's
+    `calibration.input`), checked against the graph: one input only, of a known square size.
+
+    Also records the preprocessing in `model`'s `vggt.preprocess` metadata, as its QDQ model carries it
+    (the range cache is keyed by the model's bytes, so every command that quantizes it shares ranges).
+    """
+    graph_inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    spec = plan.calibration.input
+    name = spec.name or (graph_inputs[0].name if len(graph_inputs) == 1 else None)
+    if name is None or name not in {i.name for i in graph_inputs}:
+        names = ", ".join(i.name for i in graph_inputs)
+        raise UserError(f"{plan.source}: calibration.input.name must name the image input of {onnx_file} (inputs: {names})")
+    others = [i.name for i in graph_inputs if i.name != name]
+    if others:
+        raise UserError(f"{onnx_file}: inputs {others} besides {name!r} need calibration feeds; "
+                        "export such models with `vggt-deploy export --model` or supply a single-input model")
+    size = spec.size or _static_side(model, name, onnx_file)
+    set_metadata(model, {"vggt.preprocess": json.dumps({"size": size, "mean": list(spec.mean), "std": list(spec.std),
+                                                        "channel_order": spec.channel_order, "layout": "NCHW"})})
+    return name, PreprocessConfig(size=size, mean=spec.mean, std=spec.std)
+
+
 def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
     inp = next(i for i in model.graph.input if i.name == name)
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -153,11 +165,11 @@ def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
     return dims[2]
 
 
-def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir):
+def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir, fixed_ranges=None):
     from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
     from vggt_deploy.quant.qdq import quantize
 
-    result = quantize(fp32, resolved, calib, feeds, image_input, cache_dir or calibration_cache_dir())
+    result = quantize(fp32, resolved, calib, feeds, image_input, cache_dir or calibration_cache_dir(), fixed_ranges)
     if resolved.plan.target == "tensorrt":
         violations = validate_tensorrt(result.model)
         if violations:

@@ -165,7 +165,7 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("type-mean-two-numbers", V + "calibration: {input: {mean: [0.5, 0.5]}}\n", "calibration.input.mean: expected a list of 3 numbers"),
     ("type-attention-matmuls", V + "default: {attention_matmuls: maybe}\n", "default.attention_matmuls: expected bool, got 'maybe'"),
     ("val-target", V + "target: gpu\n", "bad.yaml:2: target: 'gpu' is not one of tensorrt, onnxruntime-cpu"),
-    ("val-method", V + "calibration: {method: max}\n", "calibration.method: 'max' is not one of minmax, percentile, entropy, mse"),
+    ("val-method", V + "calibration: {method: max}\n", "calibration.method: 'max' is not one of auto, minmax, percentile, entropy, mse"),
     ("val-granularity", V + "default: {weight_granularity: per-row}\n", "default.weight_granularity: 'per-row' is not one of"),
     ("val-activations", V + "default: {activations: sometimes}\n", "default.activations: 'sometimes' is not one of static, dynamic, off"),
     ("val-activations-dynamic-tensorrt", V + "target: tensorrt\ndefault: {activations: dynamic}\n",

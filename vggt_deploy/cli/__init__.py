@@ -6,6 +6,7 @@ from vggt_deploy.cli import (  # noqa: F401  (each module registers its commands
     build_ov_cmd,
     build_trt_cmd,
     compare_cmd,
+    qat_cmd,
     data_cmds,
     export_cmds,
     model_cmds,

@@ -1,4 +1,10 @@
-"""`vggt-deploy sensitivity | plan auto`: which layers to keep in higher precision, measured."""
+"""`vggt-deploy sensitivity | plan auto`: which layers to keep in higher precision, measured.
+
+Both work on one of this project's models (`--model`, scored by mAP on the eval
+split or by output error) or on an ONNX file exported elsewhere (`--onnx`, with
+`--data` a folder of held-out images; scored by how far its outputs move from
+FP32, since its task metric is unknown).
+"""
 
 from __future__ import annotations
 
@@ -10,29 +16,37 @@ import click
 from vggt_deploy.bench.timing import RUNTIMES
 from vggt_deploy.cli.app import TARGET_CHOICE, _command_line, main, plan_file, resolve_model
 from vggt_deploy.cli.export_cmds import plan
+from vggt_deploy.errors import UserError
 from vggt_deploy.tuning.auto_plan import OBJECTIVES
 from vggt_deploy.tuning.units import UNIT_KINDS
 from vggt_deploy.tuning.variants import METRICS
 
 _COMMON = [
     click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
-                 help="Model folder."),
+                 help="Model folder (default: the shipped model)."),
+    click.option("--onnx", "onnx_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Instead of --model: an FP32 ONNX model exported elsewhere (one image input, preprocessed "
+                      "as the plan's calibration.input says, as for `export --onnx`); needs --data, and is ranked "
+                      "by output error."),
     click.option("--plan", "plan_value", default="int8", show_default=True,
                  help="Base plan (path or shipped name): what a quantized unit becomes."),
     click.option("--target", type=TARGET_CHOICE, default=None, help="Override the base plan's target (QDQ flavour)."),
     click.option("--unit", "unit_kind", type=click.Choice(UNIT_KINDS), default="block", show_default=True,
-                 help="block: patch embedding, each backbone block, each grounding layer, heads, attention matmuls; "
+                 help="block: patch embedding, each backbone block, each grounding layer, heads, attention matmuls "
+                      "(other models: the first part of each layer name, blocks.N for blocks.N.*); "
                       "layer: every MatMul/Gemm/Conv alone."),
     click.option("--units", "unit_names", default="",
                  help="Comma-separated unit names to analyse (others stay as the base plan says)."),
     click.option("--subset-images", "images", type=click.IntRange(1), default=300, show_default=True,
-                 help="Eval images used to rank units (a subset; the answer is confirmed on the full split)."),
+                 help="Held-out images used to rank units (a subset; the answer is confirmed on the full set)."),
     click.option("--eval-images", type=click.IntRange(1), default=1000, show_default=True,
-                 help="Size of the full eval split (synthetic) used for confirmation."),
+                 help="Size of the full eval split (synthetic) used for confirmation; with --onnx, at most this "
+                      "many images of --data are used."),
     click.option("--runtime", type=click.Choice(RUNTIMES), default="openvino", show_default=True,
                  help="Where latency savings are timed: plans are tuned on the runtime they are for."),
     click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-                 help="COCO folder to evaluate on instead of the synthetic eval split."),
+                 help="COCO folder to evaluate on instead of the synthetic eval split; with --onnx (required): "
+                      "a folder of held-out images (not the calibration ones) the outputs are compared on."),
     click.option("--work", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
                  show_default=True, help="Where the FP32 export and variant QDQ files go."),
 ]
@@ -44,20 +58,38 @@ def _common(fn):
     return fn
 
 
-def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir, runtime):
-    from vggt_deploy.quant.plan import load_plan
-    from vggt_deploy.tuning.variants import Workbench
+def _check_source(model_dir: Path | None, onnx_file: Path | None, data_dir: Path | None) -> None:
+    """--model and --onnx exclude each other; a foreign model needs held-out images (checked before any work)."""
+    if model_dir is not None and onnx_file is not None:
+        raise UserError("--model and --onnx exclude each other: give one model")
+    if onnx_file is not None and data_dir is None:
+        raise UserError("--onnx needs --data: a folder of held-out images to compare the outputs with FP32 on "
+                        "(a model exported elsewhere has no task metric here)")
 
+
+def _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
+               runtime):
+    from vggt_deploy.quant.plan import load_plan
+
+    _check_source(model_dir, onnx_file, data_dir)
     base = load_plan(plan_file(plan_value), target=target)
     names = [n.strip() for n in unit_names.split(",") if n.strip()]
+    if onnx_file is not None:
+        from vggt_deploy.tuning.foreign import ForeignWorkbench
+
+        return ForeignWorkbench(onnx_file, base, work_dir, data_dir, unit_kind=unit_kind, units=names,
+                                eval_images=eval_images, runtime=runtime)
+    from vggt_deploy.tuning.variants import Workbench
+
     return Workbench(resolve_model(model_dir), base, work_dir, unit_kind=unit_kind, units=names, data_dir=data_dir,
                      eval_images=eval_images, runtime=runtime)
 
 
 @main.command()
 @_common
-@click.option("--metric", type=click.Choice(METRICS), default="map", show_default=True,
-              help="map: mAP@[.5:.95] drop in points; output-error: relative L2 of boxes+logits vs FP32, percent.")
+@click.option("--metric", type=click.Choice(METRICS), default=None,
+              help="map: mAP@[.5:.95] drop in points (the default with --model); output-error: relative L2 of the "
+                   "outputs vs FP32, percent, averaged over outputs (the default, and the only one, with --onnx).")
 @click.option("--confirm-top", type=click.IntRange(0), default=3, show_default=True,
               help="Re-score this many top units (and the all-quantized model) on the full eval split.")
 @click.option("--latency-rounds", type=click.IntRange(0), default=60, show_default=True,
@@ -65,18 +97,26 @@ def _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images
 @click.option("--list-units", is_flag=True, help="Print the units of the model and exit.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
               show_default=True, help="Folder for sensitivity.json, .md and .png.")
-def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir, work_dir,
-                metric, confirm_top, latency_rounds, list_units, output) -> None:
+def sensitivity(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir,
+                work_dir, metric, confirm_top, latency_rounds, list_units, output) -> None:
     """Rank units by how much quantizing them costs: each alone quantized, and each alone kept float.
 
     Writes a ranked table (printed, JSON, Markdown) and a bar chart. The
     calibration range cache is shared with `export`, so no unit recalibrates.
+
+    For a model exported elsewhere, `--onnx FILE --data IMAGES` ranks units by
+    output error (relative L2 against FP32) on the held-out images; the JSON
+    also keeps each variant's output agreement (worst-image Pearson r included).
     """
     from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
     from vggt_deploy.tuning.sensitivity_report import markdown, write_sensitivity
 
-    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
-                       runtime)
+    if onnx_file is not None and metric == "map":
+        raise UserError("--metric map needs one of this project's models (--model); a model exported elsewhere "
+                        "has no mAP here: use --metric output-error (the default with --onnx)")
+    metric = metric or ("output-error" if onnx_file is not None else "map")
+    bench = _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir,
+                       work_dir, runtime)
     if list_units:
         for unit in bench.all_units:
             click.echo(f"{unit.name:32} {len(unit.layers):3d} layers  match: {unit.pattern}")
@@ -91,38 +131,61 @@ def sensitivity(model_dir, plan_value, target, unit_kind, unit_names, images, ev
 
 @plan.command("auto")
 @_common
-@click.option("--max-map-drop", type=click.FloatRange(-1.0, 1.0), required=True,
-              help="Largest allowed mAP@[.5:.95] drop on the full eval split (0.003 = 0.3 points).")
+@click.option("--max-map-drop", type=click.FloatRange(-1.0, 1.0), default=None,
+              help="Largest allowed mAP@[.5:.95] drop on the full eval split (0.003 = 0.3 points); --model only.")
+@click.option("--max-output-error", type=click.FloatRange(0.0), default=None, metavar="PCT",
+              help="Instead of --max-map-drop (and the one budget with --onnx): largest allowed output error, the "
+                   "relative L2 of the outputs against FP32 in percent, averaged over outputs, on the full held-out "
+                   "set.")
+@click.option("--latency-rounds", type=click.IntRange(0), default=60, show_default=True,
+              help="Alternating timed rounds per variant for the per-unit latency savings (0: skip).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="latency", show_default=True,
               help="What the plan minimises within the budget (both measured per unit on this machine).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Plan YAML to write (with each rule's measured drop in comments); .json and .md summaries go beside it.")
-def plan_auto(model_dir, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir, work_dir,
-              max_map_drop, objective, output) -> None:
-    """Choose the cheapest plan whose mAP drop stays within --max-map-drop, verify it, tighten if missed.
+def plan_auto(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir,
+              work_dir, max_map_drop, max_output_error, latency_rounds, objective, output) -> None:
+    """Choose the cheapest plan whose accuracy loss stays within the budget, verify it, tighten if missed.
 
+    The budget is --max-map-drop (mAP drop on the eval split, --model) or --max-output-error (relative L2 of
+    the outputs against FP32, percent; the one budget for --onnx FILE --data IMAGES, a model exported elsewhere).
     Exit status 1 (with the best plan found still written) when no plan meets the budget.
     """
     from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan
     from vggt_deploy.tuning.sensitivity import SensitivityConfig
     from vggt_deploy.tuning.sensitivity_report import write_sensitivity
 
-    bench = _workbench(model_dir, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
-                       runtime)
-    cfg = AutoConfig(max_map_drop=max_map_drop, objective=objective,
-                     sensitivity=SensitivityConfig(metric="map", images=images, confirm_top=0))
+    if (max_map_drop is None) == (max_output_error is None):
+        raise UserError("give one budget: --max-map-drop (mAP drop) or --max-output-error (output error %)")
+    if onnx_file is not None and max_map_drop is not None:
+        raise UserError("--max-map-drop needs one of this project's models (--model); a model exported elsewhere "
+                        "has no mAP here: use --max-output-error PCT")
+    metric = "map" if max_map_drop is not None else "output-error"
+    bench = _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir,
+                       work_dir, runtime)
+    cfg = AutoConfig(max_map_drop=max_map_drop, max_output_error=max_output_error, objective=objective,
+                     sensitivity=SensitivityConfig(metric=metric, images=images, confirm_top=0,
+                                                   latency_rounds=latency_rounds))
     summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()))
     write_sensitivity(summary["sensitivity"].to_json(), work_dir)
     lat = summary["latency_ms"]
     click.echo(f"plan written to {output} (details: {output.with_suffix('.json')}, {output.with_suffix('.md')})")
     click.echo(f"  quantized units: {', '.join(summary['quantized'])}")
     click.echo(f"  float units: {', '.join(summary['float']) or '-'}")
-    click.echo(f"  full eval split: FP32 mAP {summary['fp32_map']:.4f}, plan {summary['plan_map']:.4f}, "
-               f"drop {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; budget "
-               f"{summary['budget_points'] / 100:.4f})")
-    click.echo(f"  latency (ONNX Runtime CPU, batch 1): FP32 {lat['fp32']:.2f} ms, base plan {lat['base']:.2f} ms, "
+    if metric == "map":
+        click.echo(f"  full eval split: FP32 mAP {summary['fp32_map']:.4f}, plan {summary['plan_map']:.4f}, "
+                   f"drop {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; budget "
+                   f"{summary['budget_points'] / 100:.4f})")
+    else:
+        click.echo(f"  full held-out set ({summary['eval_images']} images): output error "
+                   f"{summary['plan_output_error']:.3f}% (budget {summary['budget_pct']:.3f}%)")
+    click.echo(f"  latency ({bench.runtime} CPU, batch 1): FP32 {lat['fp32']:.2f} ms, base plan {lat['base']:.2f} ms, "
                f"this plan {lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base)")
     if not summary["met"]:
-        click.echo(f"budget not met: no plan found within a {summary['budget_points'] / 100:.4f} mAP drop; "
-                   f"wrote the best plan found (measured drop {summary['drop_points'] / 100:.4f})", err=True)
+        if metric == "map":
+            click.echo(f"budget not met: no plan found within a {summary['budget_points'] / 100:.4f} mAP drop; "
+                       f"wrote the best plan found (measured drop {summary['drop_points'] / 100:.4f})", err=True)
+        else:
+            click.echo(f"budget not met: no plan found within a {summary['budget_pct']:.3f}% output error; "
+                       f"wrote the best plan found (measured {summary['plan_output_error']:.3f}%)", err=True)
         sys.exit(1)

@@ -23,6 +23,9 @@ class Attention(nn.Module):
 
     fused_attn = False  # explicit matmul/softmax by default: exporters and quantizers see every op
     keep_attention = False  # set on an instance to keep its last attention probabilities (grounding maps)
+    # Quantization-aware training (quant/qat.py) sets a plain dict of fake quantizers on an instance,
+    # {"q", "k", "a", "v"}: the inputs of Q·Kᵀ and attention·V. Not a submodule, so no state_dict key.
+    matmul_quant: dict | None = None
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
         super().__init__()
@@ -61,12 +64,18 @@ class Attention(nn.Module):
         if self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, nh, T, S)
+            fq = self.matmul_quant
+            q = q * self.scale
+            if fq is not None:
+                q, k = fq["q"](q), fq["k"](k)
+            attn = q @ k.transpose(-2, -1)  # (B, nh, T, S)
             if mask is not None:
                 attn = attn + mask
             attn = attn.softmax(dim=-1)
             if self.keep_attention:
                 self.last_attention = attn.detach()
+            if fq is not None:
+                attn, v = fq["a"](attn), fq["v"](v)
             out = attn @ v  # (B, nh, T, hs)
         b, _, t, _ = out.shape
         return self.proj(out.transpose(1, 2).reshape(b, t, -1))

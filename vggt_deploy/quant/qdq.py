@@ -18,6 +18,8 @@ accurate on ORT; TensorRT fuses QDQ on inputs).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -114,8 +116,13 @@ def quantize(
     extra_feeds: dict[str, np.ndarray],
     image_input: str,
     cache_dir: Path,
+    fixed_ranges: dict[str, tuple[float, float]] | None = None,
 ) -> QuantResult:
-    """The QDQ model of a plan resolved on `fp32` (see `resolve_plan`), plus the report of what was done."""
+    """The QDQ model of a plan resolved on `fp32` (see `resolve_plan`), plus the report of what was done.
+
+    `fixed_ranges` ({tensor: (lo, hi)}, learned by quantization-aware training) replace
+    calibration: they are written to a private range cache, so nothing is recalibrated.
+    """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     plan = resolved.plan
@@ -133,6 +140,11 @@ def quantize(
     cache_hit = ranges_file.is_file()
     model = fp32
     with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp, _quiet_quantizer():
+        if fixed_ranges is not None:
+            key = hashlib.sha256(json.dumps(sorted(fixed_ranges.items())).encode()).hexdigest()[:16]
+            ranges_file, cache_hit = cache_dir / f"learned_{key}.json", True
+            write_cache(fixed_ranges, [], ranges_file)
+            plan = dataclasses.replace(plan, calibration=dataclasses.replace(plan.calibration, method="minmax"))
         if static:
             if calib_images is None and not cache_hit:
                 raise UserError("static activations need calibration images (plan calibration.images)")
@@ -188,6 +200,10 @@ def quantize(
     if weight_only:
         model = _weight_only(model, weight_only, resolved)
     report = _report(resolved, ranges_file, cache_hit)
+    if fixed_ranges is not None:
+        report["calibration"] = {"method": "learned by quantization-aware training (no calibration)",
+                                 "cache": str(ranges_file), "tensors": len(fixed_ranges)}
+        report.pop("auto_calibration", None)
     if smoothing is not None:
         report["smoothing"] = smoothing
     if plan.target == "openvino-cpu":

@@ -92,7 +92,7 @@ def make_batch(data: TrainData, idx: np.ndarray, step: int, cfg: TrainConfig, mo
     )
 
 
-def _save_checkpoint(
+def save_checkpoint(
     ckpt: Path, model: VGGT, tokenizer: WordTokenizer, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig
 ) -> None:
     """A checkpoint is a complete model folder (evaluable as is) plus optimizer state."""
@@ -108,7 +108,7 @@ def _save_checkpoint(
     atomic_write_text(ckpt / "state.json", json.dumps({"step": step, "train_config": asdict(cfg), "scalars": scalars}) + "\n")
 
 
-def _load_checkpoint(ckpt: Path, model: VGGT, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
+def load_checkpoint(ckpt: Path, model: VGGT, opt: torch.optim.Optimizer, cfg: TrainConfig) -> int:
     state = json.loads((ckpt / "state.json").read_text())
     if state["train_config"] != json.loads(json.dumps(asdict(cfg))):
         raise UserError(f"{ckpt / 'state.json'}: checkpoint was written with other training settings; "
@@ -167,34 +167,44 @@ def train(
     if resume:
         if not (ckpt / "state.json").is_file():
             raise UserError(f"{ckpt}: no checkpoint to resume from")
-        start = _load_checkpoint(ckpt, model, opt, cfg)
+        start = load_checkpoint(ckpt, model, opt, cfg)
     elif log_path.exists():
         log_path.unlink()
     cat_ids = tokenizer.encode(categories, model_cfg.max_query_len)
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="training", unit="step")
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            batch = make_batch(data, batch_indices(step, len(data), cfg), step, cfg, model, tokenizer)
-            cat_queries = model.encode_queries(cat_ids)
-            feats = model.forward_features(batch.images)
-        loss, parts = blended_loss(model, feats, cat_queries.float(), _float_refs(batch), cfg.loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        parts = train_step(model, opt, data, step, cfg, tokenizer, cat_ids)
         bar.set_postfix(loss=f"{parts['total']:.3f}")
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "lr": lr_at(step, cfg), "elapsed_s": round(time.time() - t0, 1), **parts}) + "\n")
         if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1 or step + 1 == stop_at:
-            _save_checkpoint(ckpt, model, tokenizer, opt, step + 1, cfg)
+            save_checkpoint(ckpt, model, tokenizer, opt, step + 1, cfg)
         if step + 1 == stop_at:
             break
     meta = {"train": {**asdict(cfg), "seeds": {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed}}, **(extra_meta or {})}
     return save_model(model.eval(), tokenizer, out_dir, extra=meta)
+
+
+def train_step(model: VGGT, opt: torch.optim.Optimizer, data: TrainData, step: int, cfg: TrainConfig,
+               tokenizer: WordTokenizer, cat_ids: torch.Tensor) -> dict:
+    """One optimisation step of the blended loss (shared by training and quantization-aware training).
+
+    Every parameter group's learning rate follows the schedule, times its own ``lr_scale`` (default 1).
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        batch = make_batch(data, batch_indices(step, len(data), cfg), step, cfg, model, tokenizer)
+        cat_queries = model.encode_queries(cat_ids)
+        feats = model.forward_features(batch.images)
+    loss, parts = blended_loss(model, feats, cat_queries.float(), _float_refs(batch), cfg.loss)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return parts
 
 
 def _float_refs(batch: Batch) -> Batch:

@@ -1,7 +1,8 @@
 """Which units to keep in higher precision: measured, one unit at a time, both ways.
 
 For every unit (see `vggt_deploy.tuning.units`) two variants are built from the
-base plan and scored on a subset of the eval split:
+base plan and scored on a subset of the held-out data (the eval split, or for a
+model exported elsewhere the held-out image folder, scored by output error):
 
 - *only*: this unit quantized, every other unit float. Its damage (mAP points
   lost, or output error) is what quantizing the unit costs on its own;
@@ -15,7 +16,7 @@ non-spinning pools) and file sizes. The FP32 and the all-quantized files are
 timed twice each (as separate sessions); the larger gap between the twins is
 the run's timing noise, and a latency saving smaller than it counts as zero
 (the measured value is kept beside it). The top units and the all-quantized
-model are then re-scored on the full eval split to confirm the answer.
+model are then re-scored on the full held-out set to confirm the answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from vggt_deploy.tuning.variants import METRICS, Workbench
+from vggt_deploy.tuning.variants import METRICS, BaseWorkbench
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class SensitivityConfig:
     """What to measure.
 
     Args:
-        metric: ``map`` (mAP@[.5:.95] through pycocotools) or ``output-error``
-            (relative L2 of boxes and logits against FP32, percent; no labels needed).
-        images: eval images for the ranking subset.
-        confirm_top: units re-scored on the full eval split (0: none).
+        metric: ``map`` (mAP@[.5:.95] through pycocotools; own models only) or ``output-error``
+            (relative L2 of the outputs against FP32, percent, averaged over outputs; no labels needed).
+        images: held-out images for the ranking subset.
+        confirm_top: units re-scored on the full held-out set (0: none).
         latency_rounds: alternating timed rounds per variant (0: skip timing).
     """
 
@@ -85,6 +86,9 @@ class SensitivityResult:
     units: list[UnitResult]
     confirmation: dict | None = None
     command: str = ""
+    # {variant label: {output: cosine, pearson_mean, pearson_min, max_abs, rel_l2}} where the workbench
+    # measures output agreement (foreign models); pearson_min is the worst image's Pearson r.
+    agreement: dict[str, dict] | None = None
 
     def unit(self, name: str) -> UnitResult:
         return next(u for u in self.units if u.unit == name)
@@ -109,11 +113,12 @@ def above_noise(saving: float | None, noise: float | None) -> float | None:
     return saving if abs(saving) > noise else 0.0
 
 
-def _damage(metric: str, reference: float, value: float) -> float:
+def metric_damage(metric: str, reference: float, value: float) -> float:
+    """What a variant lost against FP32: mAP points (fp32 - value) or output error percent (value - fp32)."""
     return 100.0 * (reference - value) if metric == "map" else value - reference
 
 
-def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = True) -> SensitivityResult:
+def run_sensitivity(bench: BaseWorkbench, cfg: SensitivityConfig, progress: bool = True) -> SensitivityResult:
     """Measure every unit of `bench`; units ranked, most sensitive first."""
     names = [u.name for u in bench.units]
     every = frozenset(names)
@@ -121,17 +126,19 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
     for name in names:
         variants[f"only:{name}"] = frozenset({name})
         variants[f"except:{name}"] = every - {name}
-    paths, scores = {}, {}
+    paths, scores, agreement = {}, {}, {}
     bar = tqdm(variants.items(), desc="sensitivity variants", unit="variant", disable=not progress)
     for label, quantized in bar:
         bar.set_postfix_str(label)
         paths[label] = bench.build(quantized)
         scores[label] = bench.score(paths[label], cfg.metric, cfg.images)
+        if (agree := bench.agreement(paths[label])) is not None:
+            agreement[label] = agree
     timed = {**paths, **{label + REPEAT: paths[label] for label in ("fp32", "all")}}
     latency = bench.latency(timed, cfg.latency_rounds) if cfg.latency_rounds else {}
     noise = timing_noise(latency)
     sizes = {label: path.stat().st_size / 1e6 for label, path in paths.items()}
-    damage = {label: _damage(cfg.metric, scores["fp32"], value) for label, value in scores.items()}
+    damage = {label: metric_damage(cfg.metric, scores["fp32"], value) for label, value in scores.items()}
     rows = []
     for unit in bench.units:
         only, exc = f"only:{unit.name}", f"except:{unit.name}"
@@ -146,26 +153,26 @@ def run_sensitivity(bench: Workbench, cfg: SensitivityConfig, progress: bool = T
     return SensitivityResult(
         config=cfg, unit_kind=bench.unit_kind, runtime=bench.runtime, base_plan=bench.base.source, target=bench.base.target,
         damage_unit="mAP points" if cfg.metric == "map" else "output error %", damage_all=damage["all"],
-        subset_images=min(cfg.images, len(bench.dataset.records)), scores=scores, latency_ms=latency,
-        latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation)
+        subset_images=min(cfg.images, bench.num_eval_images), scores=scores, latency_ms=latency,
+        latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation, agreement=agreement or None)
 
 
-def _confirm(bench: Workbench, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict, paths: dict,
+def _confirm(bench: BaseWorkbench, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict, paths: dict,
              progress: bool) -> dict:
-    """Re-score the all-quantized model and the top units on the full eval split."""
+    """Re-score the all-quantized model and the top units on the full held-out set."""
     top = rows[: cfg.confirm_top]
     labels = ["fp32", "all"] + [f"{kind}:{r.unit}" for r in top for kind in ("only", "except")]
     full = {}
-    for label in tqdm(labels, desc="confirming on the full eval split", unit="variant", disable=not progress):
+    for label in tqdm(labels, desc="confirming on the full held-out set", unit="variant", disable=not progress):
         full[label] = bench.score(paths[label], cfg.metric, None)
-    damage = {label: _damage(cfg.metric, full["fp32"], value) for label, value in full.items()}
+    damage = {label: metric_damage(cfg.metric, full["fp32"], value) for label, value in full.items()}
     for r in top:
         r.full_damage_only = damage[f"only:{r.unit}"]
         r.full_damage_except = damage[f"except:{r.unit}"]
     full_scores = {r.unit: 0.5 * (r.full_damage_only + damage["all"] - r.full_damage_except) for r in top}
     order_full = sorted(full_scores, key=lambda u: -full_scores[u])
     return {
-        "images": len(bench.dataset.records),
+        "images": bench.num_eval_images,
         "scores": full,
         "damage_all": damage["all"],
         "top_units_subset_order": [r.unit for r in top],

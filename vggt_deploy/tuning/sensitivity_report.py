@@ -8,6 +8,16 @@ from pathlib import Path
 from vggt_deploy.fileio import atomic_save_figure, atomic_write_text
 from vggt_deploy.outputs import OutputFolder
 
+# `plan auto` summary keys per metric (roles -> keys): the map ones are what earlier plan-auto JSON
+# files (and BENCHMARKS.md) use; an output-error budget is in percent, so its keys say so.
+SUMMARY_KEYS = {
+    "map": {"budget": "budget_points", "fp32": "fp32_map", "plan": "plan_map", "value": "map", "drop": "drop_points",
+            "predicted": "predicted_points"},
+    "output-error": {"budget": "budget_pct", "fp32": "fp32_output_error", "plan": "plan_output_error",
+                     "value": "output_error", "drop": "drop_pct", "predicted": "predicted_pct"},
+}
+LOSS_TEXT = {"map": "mAP@[.5:.95] drop", "output-error": "output error (relative L2 vs FP32)"}
+
 
 def _num(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:+.{digits}f}"
@@ -16,8 +26,8 @@ def _num(value: float | None, digits: int = 3) -> str:
 def markdown(result: dict) -> str:
     """The ranked table, most sensitive unit first, with a note on how it was measured."""
     unit = result["damage_unit"]
-    lines = [f"| rank | unit | layers | only this unit quantized ({unit}) | all but this unit ({unit}) | "
-             f"recovery ({unit}) | score | full split: only / all-but | latency saving ms | size saving MB |",
+    lines = [(f"| rank | unit | layers | only this unit quantized ({unit}) | all but this unit ({unit}) | "
+              f"recovery ({unit}) | score | full split: only / all-but | latency saving ms | size saving MB |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(result["units"], 1):
         full = (f"{_num(r['full_damage_only'])} / {_num(r['full_damage_except'])}"
@@ -25,9 +35,15 @@ def markdown(result: dict) -> str:
         lat = "-" if r["latency_saving_ms"] is None else f"{r['latency_saving_ms']:.2f}"
         lines.append(f"| {i} | {r['unit']} | {r['layers']} | {_num(r['damage_only'])} | {_num(r['damage_except'])} | "
                      f"{_num(r['recovery'])} | {_num(r['score'])} | {full} | {lat} | {r['size_saving_mb']:.2f} |")
-    notes = [f"Base plan {result['base_plan']} (target {result['target']}), {result['unit_kind']} units, "
-             f"metric {result['config']['metric']} on the first {result['subset_images']} eval images; "
-             f"everything quantized: {result['damage_all']:+.3f} {unit}."]
+    notes = [(f"Base plan {result['base_plan']} (target {result['target']}), {result['unit_kind']} units, "
+              f"metric {result['config']['metric']} on the first {result['subset_images']} eval images; "
+              f"everything quantized: {result['damage_all']:+.3f} {unit}.")]
+    agree = (result.get("agreement") or {}).get("all")
+    if agree:
+        worst = min(agree, key=lambda o: agree[o]["pearson_min"])
+        notes.append(f"Everything quantized, output agreement with FP32: worst-image Pearson r "
+                     f"{agree[worst]['pearson_min']:.4f} ({worst}), cosine "
+                     f"{min(a['cosine'] for a in agree.values()):.4f} (lowest output).")
     conf = result.get("confirmation")
     if conf:
         notes.append(f"Full eval split ({conf['images']} images): everything quantized {conf['damage_all']:+.3f} {unit}; "
@@ -76,20 +92,33 @@ def write_sensitivity(result: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def auto_markdown(summary: dict) -> str:
-    """The automatic plan's outcome: what it quantized, the verified drop and the side-by-side latency."""
-    lat, budget = summary["latency_ms"], summary["budget_points"]
+    """The automatic plan's outcome: what it quantized, the verified loss and the side-by-side latency."""
+    metric = summary.get("metric", "map")
+    lat, k = summary["latency_ms"], SUMMARY_KEYS[metric]
+    budget, drop, predicted = summary[k["budget"]], summary[k["drop"]], summary[k["predicted"]]
+    met = "met" if summary["met"] else "NOT met"
+    if metric == "map":
+        quality = [
+            f"| budget (mAP drop) | {budget / 100:.4f} ({budget:.2f} points): {met} |",
+            f"| FP32 mAP (full eval split, {summary['eval_images']} images) | {summary['fp32_map']:.4f} |",
+            f"| plan mAP | {summary['plan_map']:.4f} |",
+            f"| measured drop | {drop / 100:.4f} ({drop:+.2f} points; predicted {predicted:.2f}) |",
+        ]
+    else:
+        quality = [
+            f"| budget (output error %, relative L2 vs FP32) | {budget:.3f}%: {met} |",
+            (f"| measured output error (full held-out set, {summary['eval_images']} images) | {drop:.3f}% "
+             f"(predicted {predicted:.3f}%) |"),
+        ]
     lines = [
         "| | value |", "|---|---|",
-        f"| budget (mAP drop) | {budget / 100:.4f} ({budget:.2f} points): {'met' if summary['met'] else 'NOT met'} |",
+        quality[0],
         f"| objective | {summary['objective']} |",
         f"| quantized units | {', '.join(summary['quantized'])} |",
         f"| float units | {', '.join(summary['float']) or '-'} |",
-        f"| FP32 mAP (full eval split, {summary['eval_images']} images) | {summary['fp32_map']:.4f} |",
-        f"| plan mAP | {summary['plan_map']:.4f} |",
-        f"| measured drop | {summary['drop_points'] / 100:.4f} ({summary['drop_points']:+.2f} points; "
-        f"predicted {summary['predicted_points']:.2f}) |",
-        f"| {summary.get('runtime', 'onnxruntime')} CPU batch-1 p50: FP32 / base plan / this plan | {lat['fp32']:.2f} / {lat['base']:.2f} / "
-        f"{lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base plan) |",
+        *quality[1:],
+        (f"| {summary.get('runtime', 'onnxruntime')} CPU batch-1 p50: FP32 / base plan / this plan | "
+         f"{lat['fp32']:.2f} / {lat['base']:.2f} / {lat['auto']:.2f} ms ({lat['auto'] / lat['base']:.2f}x the base plan) |"),
         f"| size | {summary['size_mb']:.1f} MB |",
         f"| verifications | {len(summary['tried'])} |",
     ]

@@ -27,7 +27,7 @@ import yaml
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import Layer
-from vggt_deploy.quant.plan import QdqPlan, Rule, parse_plan
+from vggt_deploy.quant.plan import InputSpec, QdqPlan, Rule, parse_plan
 
 UNIT_KINDS = ("block", "layer")
 ATTENTION_UNIT = "attention_matmuls"
@@ -137,22 +137,25 @@ def _flow(obj: object) -> str:
 
 def _render(base: QdqPlan, rules: list[tuple[str, dict, str]], header: str) -> str:
     calibration = dataclasses.asdict(base.calibration)
-    calibration["input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in calibration["input"].items()}
-    if calibration["input"] == _default_input():
+    if base.calibration.input == InputSpec():
         del calibration["input"]
+    else:  # unset fields (None) are left out: a plan reads no null there
+        calibration["input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in calibration["input"].items()
+                                if v is not None}
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     lines += ["version: 1", f"target: {base.target}", f"calibration: {_flow(calibration)}",
-              f"default: {_flow(dataclasses.asdict(base.default))}"]
+              f"default: {_flow(_plan_fields(dataclasses.asdict(base.default)))}"]
     lines.append("rules:" if rules else "rules: []")
     for pattern, overrides, comment in rules:
         for line in comment.splitlines():
             lines.append(f"  # {line}")
         lines.append(f"  - match: {_flow(pattern)}")
-        lines += [f"    {key}: {_flow(value)}" for key, value in overrides.items()]
+        lines += [f"    {key}: {_flow(value)}" for key, value in _plan_fields(overrides).items()]
     return "\n".join(lines) + "\n"
 
 
-def _default_input() -> dict:
-    from vggt_deploy.quant.plan import InputSpec
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(InputSpec()).items()}
+def _plan_fields(spec: dict) -> dict:
+    """LayerSpec fields as a plan writes them: smoothing is `{alpha: a}` (or null)."""
+    if spec.get("smoothing") is not None:
+        spec = {**spec, "smoothing": {"alpha": spec["smoothing"]}}
+    return spec

@@ -1,31 +1,187 @@
-"""A workbench for measuring plan variants of one model: build, score, time.
+"""Workbenches for measuring plan variants of one model: build, score, time.
 
 Sensitivity analysis and the automatic plan both need the same things: one
-FP32 export, the calibration inputs (loaded once; the range cache is shared by
-every variant), the eval split, and for any set of quantized units a QDQ model
-that is scored with the real evaluation (pycocotools mAP) or by how far its
-outputs move from FP32, and timed side by side with the others.
+FP32 graph, the calibration inputs (loaded once; the range cache is shared by
+every variant), held-out data, and for any set of quantized units a QDQ model
+that is scored and timed side by side with the others.
+
+- `BaseWorkbench`: what every model shares (units, plans, builds, latency);
+- `Workbench`: this project's own models (a model folder), scored with the real
+  evaluation (pycocotools mAP) or by how far boxes and logits move from FP32;
+- `vggt_deploy.tuning.foreign.ForeignWorkbench`: an ONNX file exported elsewhere,
+  scored by output error only (its task metric is unknown).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
 from vggt_deploy.paths import calibration_cache_dir
-from vggt_deploy.quant.plan import QdqPlan
-from vggt_deploy.tuning.units import model_units, quantizable_units, select_units, unit_plan
+from vggt_deploy.quant.plan import QdqPlan, Rule
+from vggt_deploy.tuning.units import Unit, model_units, quantizable_units, select_units, unit_plan
 
 METRICS = ("map", "output-error")
 
 
-class Workbench:
-    """FP32 export + calibration + eval data of one model, and a cache of built variants.
+def exact_units(units: list[Unit], layer_names: list[str]) -> list[Unit]:
+    """`units`, each with a pattern that selects exactly its own layers.
+
+    A block unit's ``name.*`` pattern misses a layer called just ``name`` (a top-level ``head``
+    Linear of a foreign model, or a layer named after its ONNX node): such a unit gets a pattern
+    listing its layers, so it can still be kept float or quantized on its own.
+    """
+    # Attention matmuls inside a block may match the block's pattern: `unit_plan` writes the attention
+    # unit's rule before those, so only the other units' layers must stay out of a pattern.
+    attention = {n for u in units if u.attention for n in u.layers}
+    out = []
+    for unit in units:
+        rule = Rule(unit.pattern, {}, 0)
+        selected = {n for n in layer_names if n not in attention and rule.matches(n)}
+        if not unit.attention and selected != set(unit.layers):
+            if len(unit.layers) == 1 and not any(c in unit.layers[0] for c in "*?[]"):
+                pattern = unit.layers[0]  # a glob without wildcards matches only itself
+            else:
+                pattern = "re:(?:" + "|".join(re.escape(n) for n in unit.layers) + ")"
+            unit = dataclasses.replace(unit, pattern=pattern)
+        out.append(unit)
+    return out
+
+
+class BaseWorkbench:
+    """What every workbench shares: units, variant plans, builds (cached), latency.
+
+    A subclass constructor loads or exports its FP32 graph and calls `_setup`; it defines `score`
+    (``metric`` is one of `METRICS`; ``limit`` the first images of the held-out data, None: all)
+    and `num_eval_images` (the size of the full held-out set).
+    """
+
+    image_input: str  # the graph input the images go to
+    extra_feeds: dict[str, np.ndarray]  # values of the other graph inputs (the same for every image)
+    preprocess: PreprocessConfig
+
+    def _setup(self, fp32_path: Path, fp32: onnx.ModelProto, base: QdqPlan, work_dir: Path, unit_kind: str,
+               units: Iterable[str], cache_dir: Path | None, runtime: str) -> None:
+        from vggt_deploy.graph.layers import find_layers
+
+        self.base, self.work_dir, self.unit_kind, self.runtime = base, Path(work_dir), unit_kind, runtime
+        self.cache_dir = cache_dir or calibration_cache_dir()
+        self.fp32_path, self.fp32 = Path(fp32_path), fp32
+        self.layers = find_layers(self.fp32)
+        all_units = exact_units(model_units(self.layers, unit_kind), self.layer_names)
+        self.all_units = quantizable_units(all_units, self.layers, base)
+        if not self.all_units:
+            raise UserError(f"{base.source}: the base plan quantizes no layer, so there is nothing to analyse")
+        self.units = select_units(self.all_units, list(units)) if units else self.all_units
+        self._built: dict[frozenset[str], Path] = {}
+        self._agreement: dict[Path, dict] = {}
+
+    @property
+    def num_eval_images(self) -> int:
+        """Images in the full held-out set (what `score(..., limit=None)` uses)."""
+        raise NotImplementedError
+
+    def score(self, path: Path, metric: str, limit: int | None) -> float:
+        """The metric's value for an ONNX file on the first `limit` held-out images (all when None)."""
+        raise NotImplementedError
+
+    def agreement(self, path: Path) -> dict | None:
+        """Per-output agreement with FP32 (`quant.compare.output_agreement`) of the last output-error
+        score of `path`, when the workbench measures it that way (None otherwise)."""
+        return self._agreement.get(Path(path))
+
+    @functools.cached_property
+    def calib(self) -> np.ndarray:
+        """Calibration inputs of the base plan (loaded on first use; a range-cache hit never reads them)."""
+        from vggt_deploy.quant.calibrate import calibration_tensors
+
+        return calibration_tensors(self.base.calibration, self.preprocess)
+
+    @functools.cached_property
+    def _ranges_file(self) -> Path:
+        """The range-cache file every variant shares (same FP32 model, same calibration section)."""
+        from vggt_deploy.quant.calibrate import cache_path
+
+        return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration, self.base.target)
+
+    def _calibration(self) -> np.ndarray | None:
+        """None when the range cache already holds this model's ranges (quantize reads them from there).
+
+        Smoothing measures activation channels on the calibration images, so a plan with it always needs them.
+        """
+        smoothing = self.base.default.smoothing is not None or any("smoothing" in r.overrides for r in self.base.rules)
+        return None if self._ranges_file.is_file() and not smoothing else self.calib
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    def plan(self, quantized: Iterable[str], comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
+        """The plan with `quantized` units as in the base plan and every other analysed unit in float.
+
+        Units outside the analysis (when `units` was restricted) stay quantized as the base plan says.
+        """
+        chosen = set(quantized) | {u.name for u in self.all_units if u not in self.units}
+        return unit_plan(self.base, self.all_units, chosen, self.layer_names, comments, header)
+
+    def build(self, quantized: Iterable[str]) -> Path:
+        """The QDQ file of a variant (built once; the calibration ranges come from the shared cache).
+
+        No quantized unit gives the FP32 file itself.
+        """
+        key = frozenset(quantized)
+        if key not in self._built:
+            path = self.work_dir / "variants" / f"v{len(self._built):03d}.onnx"
+            self._built[key] = self._quantize(self.plan(key), path) if key else self.fp32_path
+        return self._built[key]
+
+    @functools.cached_property
+    def _base_file(self) -> Path:
+        return self._quantize(self.base, self.work_dir / "variants" / "base.onnx")
+
+    def build_base(self) -> Path:
+        """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
+        return self._base_file
+
+    def _quantize(self, plan: QdqPlan, path: Path) -> Path:
+        """Quantize the FP32 graph with `plan`, check TensorRT's rules for that flavour, save to `path`."""
+        from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
+        from vggt_deploy.graph.onnx_io import save_onnx
+        from vggt_deploy.quant.qdq import quantize
+        from vggt_deploy.quant.resolved import resolve_plan
+
+        result = quantize(self.fp32, resolve_plan(plan, list(self.layers)), self._calibration(), self.extra_feeds,
+                          self.image_input, self.cache_dir)
+        if plan.target == "tensorrt":  # every TensorRT-flavour variant must pass, as every export does
+            violations = validate_tensorrt(result.model)
+            if violations:
+                raise RuntimeError("TensorRT-flavour variant breaks TensorRT rules:\n  " + "\n  ".join(violations))
+        return save_onnx(result.model, path)
+
+    def _latency_feeds(self) -> dict[str, np.ndarray]:
+        """Batch-1 inputs for timing: zeros in the image input's shape (latency does not depend on values)."""
+        size = self.preprocess.size
+        return {self.image_input: np.zeros((1, 3, size, size), np.float32), **self.extra_feeds}
+
+    def latency(self, paths: dict[str, Path], rounds: int = 20) -> dict[str, float]:
+        """Median batch-1 latency (ms) of each file in `self.runtime`, timed in alternating rounds in one process."""
+        from vggt_deploy.bench.timing import time_onnx_files
+
+        feeds = self._latency_feeds()
+        stats = time_onnx_files(paths, {label: feeds for label in paths}, warmup=3, rounds=rounds, runtime=self.runtime)
+        return {label: s.p50 for label, s in stats.items()}
+
+
+class Workbench(BaseWorkbench):
+    """FP32 export + calibration + eval data of one of this project's models, and a cache of built variants.
 
     Args:
         model_dir: a model folder (safetensors + config).
@@ -44,48 +200,16 @@ class Workbench:
                  units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
                  cache_dir: Path | None = None, runtime: str = "openvino") -> None:
         from vggt_deploy.compile import export_from_model
-        from vggt_deploy.graph.layers import find_layers
         from vggt_deploy.model.io import load_model
 
-        self.base, self.work_dir, self.unit_kind, self.runtime = base, Path(work_dir), unit_kind, runtime
-        self.cache_dir = cache_dir or calibration_cache_dir()
         self.loaded = load_model(model_dir)
-        exported = export_from_model(Path(model_dir), self.work_dir / "fp32")
-        self.fp32_path = exported.fp32
-        self.fp32 = onnx.load(str(self.fp32_path))
-        self.queries = np.load(self.fp32_path.parent / "queries.npy")
-        self.layers = find_layers(self.fp32)
-        all_units = model_units(self.layers, unit_kind)
-        self.all_units = quantizable_units(all_units, self.layers, base)
-        if not self.all_units:
-            raise UserError(f"{base.source}: the base plan quantizes no layer, so there is nothing to analyse")
-        self.units = select_units(self.all_units, list(units)) if units else self.all_units
+        self.preprocess = self.loaded.model.cfg.preprocess
+        exported = export_from_model(Path(model_dir), Path(work_dir) / "fp32")
+        self.queries = np.load(exported.fp32.parent / "queries.npy")
+        self.image_input, self.extra_feeds = "images", {"query_embeds": self.queries}
+        self._setup(exported.fp32, onnx.load(str(exported.fp32)), base, work_dir, unit_kind, units, cache_dir, runtime)
         self._data_dir, self._eval_images = data_dir, eval_images
-        self._built: dict[frozenset[str], Path] = {}
         self._reference: dict[int, list[np.ndarray]] = {}
-
-    @functools.cached_property
-    def calib(self) -> np.ndarray:
-        """Calibration inputs of the base plan (loaded on first use; a range-cache hit never reads them)."""
-        from vggt_deploy.quant.calibrate import calibration_tensors
-
-        spec = self.base.calibration
-        return calibration_tensors(spec, self.loaded.model.cfg.preprocess)
-
-    @functools.cached_property
-    def _ranges_file(self) -> Path:
-        """The range-cache file every variant shares (same FP32 model, same calibration section)."""
-        from vggt_deploy.quant.calibrate import cache_path
-
-        return cache_path(self.cache_dir, self.fp32.SerializeToString(), self.base.calibration, self.base.target)
-
-    def _calibration(self) -> np.ndarray | None:
-        """None when the range cache already holds this model's ranges (quantize reads them from there).
-
-        Smoothing measures activation channels on the calibration images, so a plan with it always needs them.
-        """
-        smoothing = self.base.default.smoothing is not None or any("smoothing" in r.overrides for r in self.base.rules)
-        return None if self._ranges_file.is_file() and not smoothing else self.calib
 
     @functools.cached_property
     def dataset(self):
@@ -95,47 +219,8 @@ class Workbench:
         return load_coco(self._data_dir or synthetic_split("eval", self._eval_images))
 
     @property
-    def layer_names(self) -> list[str]:
-        return [l.name for l in self.layers]
-
-    def plan(self, quantized: Iterable[str], comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
-        """The plan with `quantized` units as in the base plan and every other analysed unit in float.
-
-        Units outside the analysis (when `units` was restricted) stay quantized as the base plan says.
-        """
-        chosen = set(quantized) | {u.name for u in self.all_units if u not in self.units}
-        return unit_plan(self.base, self.all_units, chosen, self.layer_names, comments, header)
-
-    def build(self, quantized: Iterable[str]) -> Path:
-        """The QDQ file of a variant (built once; the calibration ranges come from the shared cache)."""
-        key = frozenset(quantized)
-        if key not in self._built:
-            path = self.work_dir / "variants" / f"v{len(self._built):03d}.onnx"
-            self._built[key] = self._quantize(self.plan(key), path) if key else self.fp32_path
-        return self._built[key]
-
-    @functools.cached_property
-    def _base_file(self) -> Path:
-        return self._quantize(self.base, self.work_dir / "variants" / "base.onnx")
-
-    def build_base(self) -> Path:
-        """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
-        return self._base_file
-
-    def _quantize(self, plan: QdqPlan, path: Path) -> Path:
-        """Quantize the FP32 export with `plan`, check TensorRT's rules for that flavour, save to `path`."""
-        from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
-        from vggt_deploy.graph.onnx_io import save_onnx
-        from vggt_deploy.quant.qdq import quantize
-        from vggt_deploy.quant.resolved import resolve_plan
-
-        result = quantize(self.fp32, resolve_plan(plan, list(self.layers)), self._calibration(), {"query_embeds": self.queries}, "images",
-                          self.cache_dir)
-        if plan.target == "tensorrt":  # every TensorRT-flavour variant must pass, as every export does
-            violations = validate_tensorrt(result.model)
-            if violations:
-                raise RuntimeError("TensorRT-flavour variant breaks TensorRT rules:\n  " + "\n  ".join(violations))
-        return save_onnx(result.model, path)
+    def num_eval_images(self) -> int:
+        return len(self.dataset.records)
 
     def evaluate(self, path: Path, limit: int | None) -> dict:
         """Grounding metrics of an ONNX file on the first `limit` eval images (all when None)."""
@@ -161,13 +246,13 @@ class Workbench:
 
         if path == self.fp32_path and limit in self._reference:
             return self._reference[limit]
-        pp = self.loaded.model.cfg.preprocess
         records = self.dataset.records[:limit]
-        images = np.stack([preprocess(self.dataset.image(r), pp) for r in records])
+        images = np.stack([preprocess(self.dataset.image(r), self.preprocess) for r in records])
         boxes, logits = [], []
+        # Batches of 32 rather than output_agreement's batch 1: the FP32 reference is cached per limit here.
         with OrtRunner(path, name=path.stem) as runner:
             for start in range(0, len(images), 32):
-                out = runner.infer({"images": images[start : start + 32], "query_embeds": self.queries})
+                out = runner.infer({self.image_input: images[start : start + 32], **self.extra_feeds})
                 boxes.append(out["boxes"])
                 logits.append(out["logits"])
         result = [np.concatenate(boxes), np.concatenate(logits)]
@@ -179,13 +264,4 @@ class Workbench:
         """The metric's value: mAP@[.5:.95], or the output error in percent."""
         if metric == "map":
             return float(self.evaluate(path, limit)["map"])
-        return self.output_error(path, limit or len(self.dataset.records))
-
-    def latency(self, paths: dict[str, Path], rounds: int = 20) -> dict[str, float]:
-        """Median batch-1 latency (ms) of each file in `self.runtime`, timed in alternating rounds in one process."""
-        from vggt_deploy.bench.timing import time_onnx_files
-
-        size = self.loaded.model.cfg.image_size
-        feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": self.queries}
-        stats = time_onnx_files(paths, {label: feeds for label in paths}, warmup=3, rounds=rounds, runtime=self.runtime)
-        return {label: s.p50 for label, s in stats.items()}
+        return self.output_error(path, limit or self.num_eval_images)
