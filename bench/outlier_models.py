@@ -47,6 +47,8 @@ METHODS = [
     ("entropy", "entropy", None),
     ("auto", "auto", None),
     ("plan default (no method key)", None, None),
+    ("percentile 99.99 + smoothing alpha 0.5", "percentile", 99.99, 0.5),
+    ("auto + smoothing alpha 0.5", "auto", None, 0.5),
 ]
 REFERENCES = [("ORT quantize_dynamic (QInt8, per-channel)", "dynamic"), ("ORT quantize_static defaults (QDQ, MinMax)", "static")]
 NUM_CALIB, NUM_EVAL, SIZE = 32, 16, 64
@@ -63,8 +65,8 @@ def measure(work: Path, seed: int) -> dict:
         fp32 = run_model(model, inputs)
         stats[variant] = activation_stats(variant, inputs, seed=seed)
         rows = {}
-        for i, (label, method, percentile) in enumerate(METHODS):
-            text = plan_text(calib, method, percentile or 99.99, NUM_CALIB, SIZE)
+        for i, (label, method, percentile, *smoothing) in enumerate(METHODS):
+            text = plan_text(calib, method, percentile or 99.99, NUM_CALIB, SIZE, *smoothing)
             try:
                 qdq = quantize_with_library(model, work / variant / f"method{i}", text)
             except PlanError as exc:  # a method this checkout does not have yet (`auto` while it lands)

@@ -138,3 +138,10 @@ def test_foreign_model_agreement_on_held_out_images(tmp_path):
     assert f"{name}: Pearson r mean" in result.output and "worst image" in result.output
     bad = _run("export", "--onnx", onnx_file, "--plan", plan, "--eval-images", tmp_path / "nope", "-o", tmp_path / "o2")
     assert bad.exit_code == 2 and "nope" in bad.output and not (tmp_path / "o2").exists()
+
+
+def test_plan_show_resolves_on_the_graph_export_writes(tiny_model_dir):
+    """`plan show` names layers as export does (module paths, not Gemm node names), so every shipped plan resolves."""
+    result = _run("plan", "show", "--model", tiny_model_dir, "--plan", "int8")
+    assert result.exit_code == 0, result.output
+    assert "blocks.0.attn.q " in result.output and "val_" not in result.output

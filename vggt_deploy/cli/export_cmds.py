@@ -98,7 +98,9 @@ def _graph_for(model_dir: Path | None, onnx_file: Path | None):
 
     loaded = load_model(resolve_model(model_dir))
     cfg = loaded.model.cfg
-    images = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    # batch 2, as `export` traces: a batch of 1 specialises the batch dimension and the simplifier then
+    # turns Linear layers into Gemm nodes without module names, so rules would not resolve as in export
+    images = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
     queries = torch.zeros(2, cfg.ground_dim)
     return simplify_keeping_scopes(trace_model(loaded.model, images, queries))
 
