@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "quant"))  # the models and helpers live with the tests that pin them
 
@@ -64,7 +66,7 @@ def measure(work: Path, seed: int) -> dict:
         model = export_outlier_vit(work / variant / "model.onnx", seed=seed, size=SIZE, variant=variant)
         fp32 = run_model(model, inputs)
         stats[variant] = activation_stats(variant, inputs, seed=seed)
-        rows = {}
+        rows, files = {}, {"FP32": model}
         for i, (label, method, percentile, *smoothing) in enumerate(METHODS):
             text = plan_text(calib, method, percentile or 99.99, NUM_CALIB, SIZE, *smoothing)
             try:
@@ -76,15 +78,31 @@ def measure(work: Path, seed: int) -> dict:
                 continue
             rows[label] = compare(fp32, run_model(qdq, inputs))
             print(f"{variant:15s} {label:32s} {_cells(rows[label])}", flush=True)
+            files[label] = qdq
         for label, kind in REFERENCES:
             qdq = quantize_ort_reference(model, work / variant / f"ort_{kind}.onnx", kind, calib_inputs)
             rows[label] = compare(fp32, run_model(qdq, inputs))
             print(f"{variant:15s} {label:32s} {_cells(rows[label])}", flush=True)
+            files[label] = qdq
         results[variant] = rows
-    return {"config": {"seed": seed, "size": SIZE, "calibration_images": NUM_CALIB, "eval_images": NUM_EVAL,
+    return {"latency_ms": _latency(model, files, inputs),"config": {"seed": seed, "size": SIZE, "calibration_images": NUM_CALIB, "eval_images": NUM_EVAL,
                        "target": "onnxruntime-cpu", "default": "int8, per-channel weights, static activations",
                        "metric": "Pearson r of each output, flattened per image, quantized vs FP32 (ORT CPU)"},
             "activation_stats": stats, "results": results}
+
+
+def _latency(fp32: Path, files: dict[str, Path], inputs: np.ndarray) -> dict:
+    """Batch-1 p50 (ms) of the last variant's files: ONNX Runtime (all), OpenVINO (FP32 and ours)."""
+    from vggt_deploy.bench.timing import time_onnx_files
+
+    feeds = {"images": inputs[:1]}
+    ort_files = {k: files[k] for k in ("FP32", "auto", REFERENCES[0][0], REFERENCES[1][0])}
+    ov_files = {k: files[k] for k in ("FP32", "auto")}
+    out = {}
+    for runtime, chosen in (("onnxruntime", ort_files), ("openvino", ov_files)):
+        stats = time_onnx_files(chosen, {k: feeds for k in chosen}, warmup=10, rounds=200, runtime=runtime)
+        out[runtime] = {k: round(s.p50, 4) for k, s in stats.items()}
+    return out
 
 
 def _cells(row: dict) -> str:
@@ -113,6 +131,13 @@ def render(data: dict) -> str:
             cells = [row["status"]] + [""] * (len(OUTPUTS) - 1) if "status" in row else \
                 [f"{row[n]['mean_r']:.4f} / {row[n]['worst_r']:.4f}" for n in OUTPUTS]
             lines.append(f"| {variant} | {label} | " + " | ".join(cells) + " |")
+    lat = data.get("latency_ms")
+    if lat:
+        lines += ["", f"## Latency, variant {list(data['results'])[-1]} (batch 1, alternating rounds per runtime)", "",
+                  "| runtime | file | p50 ms | vs FP32 in that runtime |", "|---|---|---|---|"]
+        for runtime, row in lat.items():
+            for label, ms in row.items():
+                lines.append(f"| {runtime} | {label} | {ms:.3f} | {row['FP32'] / ms:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,10 @@ def test_qat_writes_a_model_folder_and_the_loss_falls(qat_run, tiny_model_dir):
     assert len(losses) == 8 and np.mean(losses[-3:]) < np.mean(losses[:3])
     config = json.loads((out / "config.json").read_text())
     assert config["qat"]["scales_sha256"] and config["qat"]["metrics"]["qat"]["map"] >= 0
-    load_model(out)  # an ordinary model folder: strict load of the fine-tuned weights
+    qat_model, original = load_model(out).model, load_model(tiny_model_dir).model  # strict loads
+    for name, value in original.query_encoder.state_dict().items():  # frozen: the same queries as the original
+        assert torch.equal(value, qat_model.query_encoder.state_dict()[name]), name
+    assert not torch.equal(original.blocks[0].attn.q.weight, qat_model.blocks[0].attn.q.weight)
     assert (out / "qat_scales.safetensors").is_file() and "PTQ" in (out / "MODEL_CARD.md").read_text()
     assert not any(p.name.endswith(".qat-checkpoint") for p in out.parent.iterdir())  # removed after success
 

@@ -49,6 +49,11 @@ def export(model_dir, onnx_file, plan_value, target, eval_images, output) -> Non
                    f"layers: {counts['static']} static, {counts['dynamic']} dynamic, {counts['weight_only']} weight-only, "
                    f"{counts['float']} float; "
                    f"report: {output / 'report.json'}")
+        auto = result.report.get("auto_calibration")
+        if auto:
+            kept = auto["choices"].get("minmax", 0)
+            click.echo(f"calibration auto: {len(auto['tensors']) - kept} activation ranges clipped where that lowered "
+                       f"the consumers' output error, {kept} kept whole (reasons per tensor in report.json)")
         agreement = result.report.get("agreement")
         if agreement:
             click.echo(f"agreement with FP32 on {agreement['num_images']} held-out images:")

@@ -101,9 +101,12 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
         model = loaded.model.train()
         qat = attach_fake_quant(model, resolved, fp32, ranges)
         model.qat_scales = qat.act  # registered while training: optimiser, clipping and checkpoints see the scales
+        # The query encoder runs in PyTorch, unquantized, and `eval --onnx` encodes queries with the model
+        # folder it is given: kept frozen, the QAT model's queries are the original model's.
+        model.query_encoder.requires_grad_(False)
         scales = list(qat.act.parameters())
         ids = {id(p) for p in scales}
-        weights = [(n, p) for n, p in model.named_parameters() if id(p) not in ids]
+        weights = [(n, p) for n, p in model.named_parameters() if id(p) not in ids and p.requires_grad]
         decay = [p for n, p in weights if p.ndim >= 2 and "grounding_tokens" not in n]
         no_decay = [p for n, p in weights if not (p.ndim >= 2 and "grounding_tokens" not in n)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
@@ -134,9 +137,9 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
                        "source_model": str(model_dir), "loss_log": log}
             save_model(model, loaded.tokenizer, folder, extra={"qat": summary})
             qat_export = export_from_model(folder, Path(tmp) / "qat", plan)
-            metrics = {"fp32": evaluate_file(loaded, dataset, ptq.fp32),
-                       "ptq": evaluate_file(loaded, dataset, ptq.qdq),
-                       # the query encoder was fine-tuned too: QAT queries come from the QAT model
+            original = load_model(model_dir)  # `loaded` was fine-tuned in place
+            metrics = {"fp32": evaluate_file(original, dataset, ptq.fp32),
+                       "ptq": evaluate_file(original, dataset, ptq.qdq),
                        "qat": evaluate_file(load_model(folder), dataset, qat_export.qdq)}
             summary["metrics"] = metrics
             save_model(model, loaded.tokenizer, folder, extra={"qat": summary})
