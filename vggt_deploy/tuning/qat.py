@@ -132,9 +132,9 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
         dataset = load_coco(synthetic_split("eval", eval_images))
         with OutputFolder(out_dir) as folder:
             sha = save_qat_scales(folder, qat)
-            summary = {"plan": plan.source, "plan_hash": plan.plan_hash(), "plan_signature": plan_signature(resolved),
+            summary = {"plan": _plan_name(plan), "plan_hash": plan.plan_hash(), "plan_signature": plan_signature(resolved),
                        "scales_sha256": sha, "config": asdict(cfg), "command": command, "train_minutes": minutes,
-                       "source_model": str(model_dir), "loss_log": log}
+                       "source_model": model_dir.name, "loss_log": log}
             save_model(model, loaded.tokenizer, folder, extra={"qat": summary})
             qat_export = export_from_model(folder, Path(tmp) / "qat", plan)
             original = load_model(model_dir)  # `loaded` was fine-tuned in place
@@ -148,13 +148,24 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
     return summary
 
 
+def _plan_name(plan: QdqPlan) -> str:
+    """A shipped plan by its short name (what `--plan` takes anywhere), another one by its path."""
+    from vggt_deploy.paths import shipped_plan, shipped_plan_names
+
+    for name in shipped_plan_names():
+        path = shipped_plan(name)
+        if path is not None and Path(plan.source).resolve() == Path(path).resolve():
+            return name
+    return plan.source
+
+
 def _write_card(folder: Path, s: dict, eval_images: int) -> None:
     from vggt_deploy.fileio import atomic_write_text
 
     cfg, m = s["config"], s["metrics"]
     rows = "\n".join(f"| {k.upper()} | {v['map']:.4f} | {100 * (m['fp32']['map'] - v['map']):+.2f} | "
                      f"{v['refexp_acc']:.4f} |" for k, v in m.items())
-    atomic_write_text(folder / "MODEL_CARD.md", f"""# Quantization-aware fine-tune of {Path(s['source_model']).name}
+    atomic_write_text(folder / "MODEL_CARD.md", f"""# Quantization-aware fine-tune of {s['source_model']}
 
 Plan: `{s['plan']}` (hash {s['plan_hash']}). Command: `{s['command'] or 'vggt-deploy qat'}`.
 Seed {cfg['seed']}, {cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']} (scales {cfg['scale_lr']}),
