@@ -157,9 +157,7 @@ def train(
     model_cfg = VGGTConfig.from_dict({**model_cfg.to_dict(), "vocab_size": len(tokenizer), "num_classes": len(categories)})
     seed_everything(cfg.seed)
     model = create_model(model_cfg).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "grounding_tokens" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "grounding_tokens" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    opt = torch.optim.AdamW(weight_groups(model.named_parameters(), cfg.weight_decay),
                             lr=cfg.lr, betas=(0.9, 0.98))
     ckpt = out_dir / "checkpoint"
     log_path = out_dir / "train_log.jsonl"
@@ -185,6 +183,14 @@ def train(
             break
     meta = {"train": {**asdict(cfg), "seeds": {"python": cfg.seed, "numpy": cfg.seed, "torch": cfg.seed}}, **(extra_meta or {})}
     return save_model(model.eval(), tokenizer, out_dir, extra=meta)
+
+
+def weight_groups(named_params, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices, none on biases, norms and the grounding tokens."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        (decay if p.ndim >= 2 and "grounding_tokens" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def train_step(model: VGGT, opt: torch.optim.Optimizer, data: TrainData, step: int, cfg: TrainConfig,

@@ -80,7 +80,14 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
     from vggt_deploy.quant.qat_folder import plan_signature, save_qat_scales
     from vggt_deploy.quant.resolved import resolve_plan
     from vggt_deploy.train.data import synthetic_train_data
-    from vggt_deploy.train.loop import TrainConfig, load_checkpoint, save_checkpoint, seed_everything, train_step
+    from vggt_deploy.train.loop import (
+        TrainConfig,
+        load_checkpoint,
+        save_checkpoint,
+        seed_everything,
+        train_step,
+        weight_groups,
+    )
 
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     plan_path = Path(plan.source) if Path(plan.source).is_file() else None
@@ -107,10 +114,7 @@ def run_qat(model_dir: Path, plan: QdqPlan, cfg: QatConfig, out_dir: Path, resum
         scales = list(qat.act.parameters())
         ids = {id(p) for p in scales}
         weights = [(n, p) for n, p in model.named_parameters() if id(p) not in ids and p.requires_grad]
-        decay = [p for n, p in weights if p.ndim >= 2 and "grounding_tokens" not in n]
-        no_decay = [p for n, p in weights if not (p.ndim >= 2 and "grounding_tokens" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0},
+        opt = torch.optim.AdamW([*weight_groups(weights, tcfg.weight_decay),
                                  {"params": scales, "weight_decay": 0.0, "lr_scale": cfg.scale_lr / cfg.lr}],
                                 lr=cfg.lr, betas=(0.9, 0.98))
         start = load_checkpoint(ckpt, model, opt, tcfg) if resume else 0
