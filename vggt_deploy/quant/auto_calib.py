@@ -62,6 +62,7 @@ class _Consumer:
 
     layer_node: str
     sketch: np.ndarray | None
+    conv: bool = False  # a Conv reads channels on axis 1, not the last axis
 
 
 @dataclass
@@ -125,7 +126,7 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[_Consumer]]:
                     if mat.shape[1] > SKETCH_COLS:
                         mat = mat @ (rng.standard_normal((mat.shape[1], SKETCH_COLS)) / math.sqrt(SKETCH_COLS))
                     sketch = mat.astype(np.float32)
-            out.setdefault(name, []).append(_Consumer(node.name, sketch))
+            out.setdefault(name, []).append(_Consumer(node.name, sketch, node.op_type == "Conv"))
     return out
 
 
@@ -153,14 +154,22 @@ def _observe(stats: _Stats, x: np.ndarray, keep_top: int, random_rows: int, rng:
         stats.exact.append(np.zeros(len(pick), bool))
 
 
+def activation_qparams(lo: float, hi: float, symmetric: bool) -> tuple[float, float]:
+    """ONNX Runtime's scale and zero point for an activation range [lo, hi]: int8 with zero point 0
+    (TensorRT, symmetric), or uint8 whose range always holds 0. A range of width 0 gives scale 0."""
+    if symmetric:
+        return max(abs(lo), abs(hi)) / 127.0, 0.0
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0
+    return scale, (float(min(max(round(-lo / scale), 0), 255)) if scale > 0 else 0.0)
+
+
 def fake_quant(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> np.ndarray:
     """x through the target's activation QuantizeLinear/DequantizeLinear with range [lo, hi]."""
-    if symmetric:  # TensorRT: int8, zero point 0
-        scale = max(abs(lo), abs(hi)) / 127.0 or 1.0
+    scale, zero = activation_qparams(lo, hi, symmetric)
+    scale = scale or 1.0
+    if symmetric:
         return np.clip(np.round(x / scale), -128, 127) * scale
-    lo, hi = min(lo, 0.0), max(hi, 0.0)  # ONNX Runtime's uint8 rule: the range always holds 0
-    scale = (hi - lo) / 255.0 or 1.0
-    zero = np.clip(np.round(-lo / scale), 0, 255)
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
@@ -259,7 +268,6 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
     outputs = [o for n in model.graph.node if n.op_type in QUANT_OPS for o in n.output]
     tensors = list(dict.fromkeys([*consumers, *(o for o in outputs if o not in inits)]))
     n = len(images)
-    keep_top = None
     random_rows = max(4, ROW_BUDGET // max(n, 1) - TOP_ROWS)
     rng = np.random.default_rng(0)
     stats: dict[str, _Stats] = {}
@@ -267,7 +275,7 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
         for name in tensors:
             x = values[name]
             if name not in stats:
-                conv = any(_is_conv(model, c.layer_node) for c in consumers.get(name, []))
+                conv = any(c.conv for c in consumers.get(name, []))
                 stats[name] = _Stats(channel_axis=1 if conv else -1)
             s = stats[name]
             if name not in consumers:  # min/max only
@@ -280,10 +288,6 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
     for d in decisions:
         ranges[d.tensor] = d.range
     return ranges, decisions
-
-
-def _is_conv(model: onnx.ModelProto, node_name: str) -> bool:
-    return any(n.name == node_name and n.op_type == "Conv" for n in model.graph.node)
 
 
 def write_cache(ranges: dict, decisions: list[Decision], cache_file: Path) -> None:

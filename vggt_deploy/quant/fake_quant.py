@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.quant.auto_calib import activation_qparams
 from vggt_deploy.quant.plan import LayerSpec
 from vggt_deploy.quant.resolved import ResolvedPlan
 
@@ -53,14 +54,8 @@ class ActQuant(nn.Module):
     def __init__(self, lo: float, hi: float, symmetric: bool) -> None:
         super().__init__()
         self.symmetric = symmetric
-        if symmetric:
-            self.qmin, self.qmax = -127, 127
-            scale, zero = max(abs(lo), abs(hi)) / 127.0, 0.0
-        else:
-            self.qmin, self.qmax = 0, 255
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-            scale = (hi - lo) / 255.0
-            zero = float(min(max(round(-lo / scale), 0), 255)) if scale > 0 else 0.0
+        self.qmin, self.qmax = (-127, 127) if symmetric else (0, 255)
+        scale, zero = activation_qparams(lo, hi, symmetric)
         self.log_scale = nn.Parameter(torch.tensor(math.log(max(scale, 1e-8)), dtype=torch.float32))
         self.register_buffer("zero_point", torch.tensor(zero, dtype=torch.float32))
 
