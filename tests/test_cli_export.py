@@ -1,6 +1,7 @@
 """export / plan show / check / eval --onnx through the command line on the tiny model."""
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -76,15 +77,22 @@ def test_bad_plan_and_bad_onnx_are_one_line_errors(tiny_model_dir, tmp_path):
     assert result.exit_code == 2 and "junk.onnx: not a valid ONNX model" in result.output
 
 
-def test_quantize_a_foreign_onnx_model(tmp_path):
-    """Any single-input image model exported elsewhere: rules match ONNX node or module names."""
+def _foreign_onnx(tmp_path: Path) -> Path:
+    """A small image classifier exported elsewhere: input `pixels` [1, 3, 16, 16], layers named `0` and `3`."""
     import torch
 
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(8 * 16 * 16, 10)).eval()
     onnx_file = tmp_path / "foreign.onnx"
     torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(onnx_file), dynamo=True, input_names=["pixels"],
                       verbose=False).save(str(onnx_file))
+    return onnx_file
+
+
+def test_quantize_a_foreign_onnx_model(tmp_path):
+    """Any single-input image model exported elsewhere: rules match ONNX node or module names."""
+    onnx_file = _foreign_onnx(tmp_path)
     plan = tmp_path / "foreign.yaml"
     plan.write_text("""\
 version: 1
@@ -109,14 +117,7 @@ rules:
 
 def test_foreign_model_agreement_on_held_out_images(tmp_path):
     """`export --onnx --eval-images`: the report and the summary give agreement with FP32 per output."""
-    import torch
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(8 * 16 * 16, 10)).eval()
-    onnx_file = tmp_path / "foreign.onnx"
-    torch.onnx.export(net, (torch.randn(1, 3, 16, 16),), str(onnx_file), dynamo=True, input_names=["pixels"],
-                      verbose=False).save(str(onnx_file))
+    onnx_file = _foreign_onnx(tmp_path)
     plan = tmp_path / "foreign.yaml"
     plan.write_text("version: 1\ncalibration:\n  images: calib_data\n  num_images: 4\n"
                     "  input: {name: pixels, size: 16}\ndefault: {precision: int8}\n")
