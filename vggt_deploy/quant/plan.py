@@ -15,7 +15,7 @@ that matches no layer is an error too (with the closest layer names), but that
 check needs the model's layers, so it happens in `QdqPlan.resolve`.
 
 Reading the YAML itself safely (size limit, no aliases, no duplicate keys, the line of every
-field) lives in `plan_yaml.py`; which `re:` patterns are safe to match lives in `plan_regex.py`.
+field, typed field access) lives in `plan_yaml.py`; which `re:` patterns are safe to match lives in `plan_regex.py`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import difflib
 import fnmatch
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +43,17 @@ from vggt_deploy.quant.plan_targets import (  # TARGETS, PRECISIONS...: the plan
     TARGET_PRECISIONS,
     TARGETS,
 )
-from vggt_deploy.quant.plan_yaml import PlanError, key_text, load_yaml, read_plan_file
+from vggt_deploy.quant.plan_yaml import (
+    FieldReader,
+    PlanError,
+    load_yaml,
+    read_plan_file,
+    show_value,
+    yaml_kind,
+)
 
 VERSION = 1
 MAX_MATCH_CHARS = 500  # layer names are shorter; a longer pattern is a mistake
-MAX_TEXT_CHARS = 4096  # paths and input names
 TOP_KEYS = ("version", "target", "calibration", "default", "rules")
 
 
@@ -170,88 +175,10 @@ class QdqPlan:
 # ---- parsing -----------------------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    """A value for a one-line message: YAML words for booleans and null, long values shortened."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _kind(value: Any) -> str:
-    """What a YAML value is, in YAML's words."""
-    if isinstance(value, bool):
-        return f"a boolean ({_show(value)})"
-    if value is None:
-        return "nothing (null)"
-    names = {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number"}
-    return f"{names.get(type(value), type(value).__name__)} ({_show(value)})"
-
-
-class _Reader:
-    """Typed field access with errors that name the file, line and field."""
-
-    def __init__(self, source: str, lines: dict[str, int]) -> None:
-        self.source, self.lines = source, lines
-
-    def fail(self, path: str, message: str) -> PlanError:
-        line = self.lines.get(path)
-        if line is None:
-            parent = path.rsplit(".", 1)[0] if "." in path else ""
-            line = self.lines.get(parent, 1)
-        return PlanError(f"{self.source}:{line}: {path}: {message}")
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: bool = False) -> dict:
-        if value is None and not required:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(path, f"expected a mapping (key: value), got {_kind(value)}")
-        for key in value:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
-                raise self.fail(f"{path}.{key_text(key)}" if path else key_text(key), f"unknown key{hint}")
-        return value
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
-        if isinstance(value, bool) or value not in choices:
-            close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise self.fail(path, f"{_show(value)} is not one of {', '.join(choices)}{hint}")
-        return value
-
-    def typed(self, value: Any, path: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
-        """`value` as `kind`; booleans are never numbers, numbers must be finite and in [lo, hi]."""
-        if kind is bool:
-            ok = isinstance(value, bool)
-        else:
-            ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
-        if not ok:
-            raise self.fail(path, f"expected {kind.__name__}, got {_show(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self.fail(path, f"expected a finite number, got {_show(value)}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise self.fail(path, f"{_show(value)} is outside [{lo}, {hi}]")
-        return float(value) if kind is float else value
-
-    def text(self, value: Any, path: str) -> str:
-        """A non-empty one-line string (a path or a name)."""
-        value = self.typed(value, path, str)
-        if not value.strip():
-            raise self.fail(path, "must not be empty")
-        if "\x00" in value or "\n" in value:
-            raise self.fail(path, f"{_show(value)} contains a NUL or newline character")
-        if len(value) > MAX_TEXT_CHARS:
-            raise self.fail(path, f"is {len(value)} characters long (at most {MAX_TEXT_CHARS})")
-        return value
-
-
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
 
 
-def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any]:
+def _spec_fields(r: FieldReader, raw: dict, path: str, target: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         p = f"{path}.{key}"
@@ -284,7 +211,7 @@ def _spec_fields(r: _Reader, raw: dict, path: str, target: str) -> dict[str, Any
     return out
 
 
-def _smoothing(r: _Reader, value: Any, path: str) -> float | None:
+def _smoothing(r: FieldReader, value: Any, path: str) -> float | None:
     """`smoothing: {alpha: 0.5}` -> 0.5; `smoothing: off` (false) or null -> None."""
     if value is None or value is False or value == "off":
         return None
@@ -294,7 +221,7 @@ def _smoothing(r: _Reader, value: Any, path: str) -> float | None:
     return r.typed(raw["alpha"], f"{path}.alpha", float, 0.0, 1.0)
 
 
-def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
+def _check_spec(r: FieldReader, spec: LayerSpec, path: str) -> None:
     if spec.precision == "int4" and (spec.weight_granularity != "per-block" or spec.activations != "off"):
         raise r.fail(path, "int4 is weight-only: it needs weight_granularity: per-block and activations: off")
     if spec.weight_granularity == "per-block" and spec.precision not in ("int4", "int8"):
@@ -306,7 +233,7 @@ def _check_spec(r: _Reader, spec: LayerSpec, path: str) -> None:
                            "activations static or dynamic (or smoothing: off)")
 
 
-def _match(r: _Reader, value: Any, path: str) -> str:
+def _match(r: FieldReader, value: Any, path: str) -> str:
     """A rule's pattern: a glob, or `re:` and a regular expression that cannot backtrack for long."""
     pattern = r.typed(value, path, str)
     if not pattern.strip() or pattern == "re:":
@@ -325,18 +252,18 @@ def _match(r: _Reader, value: Any, path: str) -> str:
 def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> QdqPlan:
     """Parse and validate a plan document; `target` overrides the plan's own target."""
     data, lines = load_yaml(text, source)
-    r = _Reader(source, lines)
+    r = FieldReader(source, lines)
     if data is None:
         raise PlanError(f"{source}:1: empty plan (a plan starts with 'version: {VERSION}')")
     if not isinstance(data, dict):
         raise PlanError(f"{source}:{lines.get('', 1)}: a plan is a mapping of {', '.join(TOP_KEYS)}; "
-                        f"got {_kind(data)}")
+                        f"got {yaml_kind(data)}")
     top = r.mapping(data, "", TOP_KEYS)
     if "version" not in top:
         raise r.fail("version", f"missing; this release reads version: {VERSION}")
     version = top["version"]
     if isinstance(version, bool) or not isinstance(version, int):
-        raise r.fail("version", f"expected an integer, got {_show(version)}; this release reads version: {VERSION}")
+        raise r.fail("version", f"expected an integer, got {show_value(version)}; this release reads version: {VERSION}")
     if version != VERSION:
         raise r.fail("version", f"unsupported version {version!r}; this release reads version: {VERSION}")
     if "target" in top:  # checked even when overridden: a typo should not hide behind --target
@@ -350,7 +277,7 @@ def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> 
     if rules_raw is None:  # absent, or `rules:` with every rule commented out
         rules_raw = []
     if not isinstance(rules_raw, list):
-        raise r.fail("rules", f"expected a list of rules ('- match: ...' lines), got {_kind(rules_raw)}")
+        raise r.fail("rules", f"expected a list of rules ('- match: ...' lines), got {yaml_kind(rules_raw)}")
     rules = []
     for i, raw in enumerate(rules_raw):
         path = f"rules[{i}]"
@@ -364,7 +291,7 @@ def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> 
     return QdqPlan(VERSION, target, calibration, default, tuple(rules), source=source, text=text)
 
 
-def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
+def _calibration(r: FieldReader, raw: Any) -> CalibrationSpec:
     path = "calibration"
     raw = r.mapping(raw, path, ("method", "percentile", "images", "num_images", "input"))
     values: dict[str, Any] = {}
@@ -388,10 +315,10 @@ def _calibration(r: _Reader, raw: Any) -> CalibrationSpec:
                 spec[key] = r.typed(value, p, int, 1, 8192)
             elif key in ("mean", "std"):
                 if not (isinstance(value, list) and len(value) == 3):
-                    raise r.fail(p, f"expected a list of 3 numbers, got {_kind(value)}")
+                    raise r.fail(p, f"expected a list of 3 numbers, got {yaml_kind(value)}")
                 spec[key] = tuple(r.typed(v, f"{p}[{j}]", float, -1e6, 1e6) for j, v in enumerate(value))
                 if key == "std" and min(spec[key]) <= 0:
-                    raise r.fail(p, f"every std must be > 0, got {_show(list(spec[key]))}")
+                    raise r.fail(p, f"every std must be > 0, got {show_value(list(spec[key]))}")
             elif key == "channel_order":
                 spec[key] = r.choice(value, p, ("rgb", "bgr"))
         values["input"] = InputSpec(**spec)

@@ -15,12 +15,16 @@ document, and a plan may come from anyone. What this module adds, and why:
   naming the line of the duplicate and of the first one.
 - **Lines.** `load_yaml` returns, with the data, the 1-based line of every field by dotted
   path (`calibration.percentile`, `rules[2].match`), which `plan.py` puts in its messages.
+- **Typed fields.** `FieldReader` reads a mapping, a choice, a bounded number or a one-line text
+  and fails with that line and field; `plan.py` checks every plan field through it.
 
 Every failure is a `PlanError` whose message is one line: `FILE:LINE: what is wrong`.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from vggt_deploy.errors import UserError
 MAX_PLAN_BYTES = 256 * 1024
 MAX_NODES = 10_000
 MAX_DEPTH = 32
+MAX_TEXT_CHARS = 4096  # paths and input names in a plan
 _LIMIT = f"{MAX_PLAN_BYTES // 1024} KiB"
 
 
@@ -181,3 +186,84 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[str, int]]:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+# ---- typed field access for plan.py ---------------------------------------------------------
+
+
+def show_value(value: Any) -> str:
+    """A value for a one-line message: YAML words for booleans and null, long values shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def yaml_kind(value: Any) -> str:
+    """What a YAML value is, in YAML's words."""
+    if isinstance(value, bool):
+        return f"a boolean ({show_value(value)})"
+    if value is None:
+        return "nothing (null)"
+    names = {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number"}
+    return f"{names.get(type(value), type(value).__name__)} ({show_value(value)})"
+
+
+class FieldReader:
+    """Typed field access with errors that name the file, line and field."""
+
+    def __init__(self, source: str, lines: dict[str, int]) -> None:
+        self.source, self.lines = source, lines
+
+    def fail(self, path: str, message: str) -> PlanError:
+        line = self.lines.get(path)
+        if line is None:
+            parent = path.rsplit(".", 1)[0] if "." in path else ""
+            line = self.lines.get(parent, 1)
+        return PlanError(f"{self.source}:{line}: {path}: {message}")
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...], required: bool = False) -> dict:
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping (key: value), got {yaml_kind(value)}")
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (allowed: {', '.join(allowed)})"
+                raise self.fail(f"{path}.{key_text(key)}" if path else key_text(key), f"unknown key{hint}")
+        return value
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if isinstance(value, bool) or value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise self.fail(path, f"{show_value(value)} is not one of {', '.join(choices)}{hint}")
+        return value
+
+    def typed(self, value: Any, path: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
+        """`value` as `kind`; booleans are never numbers, numbers must be finite and in [lo, hi]."""
+        if kind is bool:
+            ok = isinstance(value, bool)
+        else:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
+        if not ok:
+            raise self.fail(path, f"expected {kind.__name__}, got {show_value(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {show_value(value)}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.fail(path, f"{show_value(value)} is outside [{lo}, {hi}]")
+        return float(value) if kind is float else value
+
+    def text(self, value: Any, path: str) -> str:
+        """A non-empty one-line string (a path or a name)."""
+        value = self.typed(value, path, str)
+        if not value.strip():
+            raise self.fail(path, "must not be empty")
+        if "\x00" in value or "\n" in value:
+            raise self.fail(path, f"{show_value(value)} contains a NUL or newline character")
+        if len(value) > MAX_TEXT_CHARS:
+            raise self.fail(path, f"is {len(value)} characters long (at most {MAX_TEXT_CHARS})")
+        return value
