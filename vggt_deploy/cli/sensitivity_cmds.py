@@ -17,6 +17,7 @@ from vggt_deploy.bench.timing import RUNTIMES
 from vggt_deploy.cli.app import TARGET_CHOICE, _command_line, main, plan_file, resolve_model
 from vggt_deploy.cli.export_cmds import plan
 from vggt_deploy.errors import UserError
+from vggt_deploy.executor import EXECUTOR_HELP, check_executor
 from vggt_deploy.tuning.auto_plan import OBJECTIVES
 from vggt_deploy.tuning.units import UNIT_KINDS
 from vggt_deploy.tuning.variants import METRICS
@@ -48,7 +49,11 @@ _COMMON = [
                  help="COCO folder to evaluate on instead of the synthetic eval split; with --onnx (required): "
                       "a folder of held-out images (not the calibration ones) the outputs are compared on."),
     click.option("--work", "work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
-                 show_default=True, help="Where the FP32 export and variant QDQ files go."),
+                 show_default=True, help="Where the FP32 export, variant QDQ files and finished variants (results/) go."),
+    click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[:ADDRESS]",
+                 help=EXECUTOR_HELP),
+    click.option("--no-resume", is_flag=True,
+                 help="Measure every variant again instead of reusing the ones WORK/results holds."),
 ]
 
 
@@ -65,6 +70,13 @@ def _check_source(model_dir: Path | None, onnx_file: Path | None, data_dir: Path
     if onnx_file is not None and data_dir is None:
         raise UserError("--onnx needs --data: a folder of held-out images to compare the outputs with FP32 on "
                         "(a model exported elsewhere has no task metric here)")
+
+
+def _executor(spec: str, work_dir: Path, no_resume: bool):
+    """The executor `--executor` names, caching finished variants in WORK/results (none with --no-resume)."""
+    from vggt_deploy.executor import make_executor
+
+    return make_executor(spec, None if no_resume else work_dir / "results")
 
 
 def _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
@@ -98,7 +110,7 @@ def _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, 
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("build/sensitivity"),
               show_default=True, help="Folder for sensitivity.json, .md and .png.")
 def sensitivity(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir,
-                work_dir, metric, confirm_top, latency_rounds, list_units, output) -> None:
+                work_dir, executor_spec, no_resume, metric, confirm_top, latency_rounds, list_units, output) -> None:
     """Rank units by how much quantizing them costs: each alone quantized, and each alone kept float.
 
     Writes a ranked table (printed, JSON, Markdown) and a bar chart. The
@@ -115,14 +127,16 @@ def sensitivity(model_dir, onnx_file, plan_value, target, unit_kind, unit_names,
         raise UserError("--metric map needs one of this project's models (--model); a model exported elsewhere "
                         "has no mAP here: use --metric output-error (the default with --onnx)")
     metric = metric or ("output-error" if onnx_file is not None else "map")
+    check_executor(executor_spec)
     bench = _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir,
                        work_dir, runtime)
     if list_units:
         for unit in bench.all_units:
             click.echo(f"{unit.name:32} {len(unit.layers):3d} layers  match: {unit.pattern}")
         return
-    result = run_sensitivity(bench, SensitivityConfig(metric=metric, images=images, confirm_top=confirm_top,
-                                                      latency_rounds=latency_rounds))
+    cfg = SensitivityConfig(metric=metric, images=images, confirm_top=confirm_top, latency_rounds=latency_rounds)
+    with _executor(executor_spec, work_dir, no_resume) as executor:
+        result = run_sensitivity(bench, cfg, executor=executor)
     result.command = _command_line(click.get_current_context())
     paths = write_sensitivity(result.to_json(), output)
     click.echo(markdown(result.to_json()))
@@ -144,7 +158,7 @@ def sensitivity(model_dir, onnx_file, plan_value, target, unit_kind, unit_names,
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Plan YAML to write (with each rule's measured drop in comments); .json and .md summaries go beside it.")
 def plan_auto(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, images, eval_images, runtime, data_dir,
-              work_dir, max_map_drop, max_output_error, latency_rounds, objective, output) -> None:
+              work_dir, executor_spec, no_resume, max_map_drop, max_output_error, latency_rounds, objective, output) -> None:
     """Choose the cheapest plan whose accuracy loss stays within the budget, verify it, tighten if missed.
 
     The budget is --max-map-drop (mAP drop on the eval split, --model) or --max-output-error (relative L2 of
@@ -161,12 +175,14 @@ def plan_auto(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, i
         raise UserError("--max-map-drop needs one of this project's models (--model); a model exported elsewhere "
                         "has no mAP here: use --max-output-error PCT")
     metric = "map" if max_map_drop is not None else "output-error"
+    check_executor(executor_spec)
     bench = _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir,
                        work_dir, runtime)
     cfg = AutoConfig(max_map_drop=max_map_drop, max_output_error=max_output_error, objective=objective,
                      sensitivity=SensitivityConfig(metric=metric, images=images, confirm_top=0,
                                                    latency_rounds=latency_rounds))
-    summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()))
+    with _executor(executor_spec, work_dir, no_resume) as executor:
+        summary = auto_plan(bench, cfg, output, command=_command_line(click.get_current_context()), executor=executor)
     write_sensitivity(summary["sensitivity"].to_json(), work_dir)
     lat = summary["latency_ms"]
     click.echo(f"plan written to {output} (details: {output.with_suffix('.json')}, {output.with_suffix('.md')})")

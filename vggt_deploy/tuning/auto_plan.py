@@ -35,9 +35,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vggt_deploy.executor import Executor, LocalExecutor
 from vggt_deploy.fileio import atomic_write_text
 from vggt_deploy.outputs import OutputFolder, check_output_path
-from vggt_deploy.tuning.sensitivity import SensitivityConfig, UnitResult, metric_damage, run_sensitivity
+from vggt_deploy.tuning.sensitivity import SensitivityConfig, UnitResult, metric_damage, run_sensitivity, run_timing
+from vggt_deploy.tuning.variant_tasks import BASE, outcome_values, recipe, score_task
 from vggt_deploy.tuning.sensitivity_report import LOSS_TEXT, SUMMARY_KEYS, auto_markdown
 from vggt_deploy.tuning.variants import BaseWorkbench
 
@@ -121,8 +123,11 @@ def summary_paths(out_path: Path) -> tuple[Path, Path]:
     return out_path.with_suffix(".json"), out_path.with_suffix(".md")
 
 
-def auto_plan(bench: BaseWorkbench, cfg: AutoConfig, out_path: Path, command: str = "", progress: bool = True) -> dict:
+def auto_plan(bench: BaseWorkbench, cfg: AutoConfig, out_path: Path, command: str = "", progress: bool = True,
+              executor: Executor | None = None) -> dict:
     """Measure, choose, verify, tighten, and write the plan to `out_path` with its .json/.md summaries.
+
+    Every variant is scored, and the final latency timed, as tasks of `executor` (default: in this process).
 
     The summary's keys follow the metric (`SUMMARY_KEYS`): ``fp32_map``/``plan_map``/``drop_points``...
     for ``map``, ``plan_output_error``/``drop_pct``... for ``output-error``; ``metric`` says which.
@@ -132,19 +137,28 @@ def auto_plan(bench: BaseWorkbench, cfg: AutoConfig, out_path: Path, command: st
     check_output_path(out_path, [base_file if base_file.is_file() else None],
                       files=[p.name for p in summary_paths(out_path)])
     metric, budget = cfg.metric, cfg.budget
-    sens = run_sensitivity(bench, dataclasses.replace(cfg.sensitivity, metric=metric), progress=progress)
+    executor = executor or LocalExecutor()
+    sens = run_sensitivity(bench, dataclasses.replace(cfg.sensitivity, metric=metric), progress=progress,
+                           executor=executor)
+    rec = recipe(bench, executor)
     rows = {r.unit: r for r in sens.units}
     damage_all = sens.damage_all  # in the budget's unit: the sensitivity ran with its metric
+
+    def full_score(label: str, quantized: frozenset[str]) -> dict:
+        task = score_task(rec, label, quantized, metric, None)
+        return outcome_values(executor.run([task], desc=label, progress=False), [task])[label]
+
     # FP32's output error is 0 by definition: no need to run it against itself.
-    fp32_full = bench.score(bench.build(frozenset()), metric, None) if metric == "map" else 0.0
+    fp32_full = full_score("fp32", frozenset())["score"] if metric == "map" else 0.0
     tried: list[dict] = []
     chosen = choose(rows, damage_all, budget, cfg.objective)
     if chosen is None:  # nothing is predicted to fit: verify the least damaging single unit anyway
         chosen = frozenset({min(rows, key=lambda u: (_unit_damage(rows[u]), u))})
     for _ in range(MAX_VERIFICATIONS):
-        value = bench.score(bench.build(chosen), metric, None)
+        verified = full_score("verify", chosen)
+        value = verified["score"]
         drop = metric_damage(metric, fp32_full, value)
-        tried.append({"quantized": sorted(chosen), "value": value, "drop": drop,
+        tried.append({"quantized": sorted(chosen), "value": value, "drop": drop, "size_mb": verified["size_mb"],
                       "predicted": predicted_drop(rows, chosen, damage_all),
                       "saving": _saving(rows, chosen, cfg.objective)})
         if drop <= budget or len(chosen) == 1:
@@ -155,16 +169,16 @@ def auto_plan(bench: BaseWorkbench, cfg: AutoConfig, out_path: Path, command: st
     best = max(within, key=lambda t: t["saving"]) if within else min(tried, key=lambda t: t["drop"])
     final = frozenset(best["quantized"])
     # 200 rounds: the plan-vs-base comparison is the number users act on, and three sessions time quickly.
-    latency = bench.latency({"fp32": bench.build(frozenset()), "base": bench.build_base(), "auto": bench.build(final)},
-                            rounds=200)
+    latency, timed_on = run_timing(executor, rec, {"fp32": frozenset(), "base": BASE, "auto": final}, 200, progress)
     keys = SUMMARY_KEYS[metric]
     summary = {
         "met": bool(within), "metric": metric, keys["budget"]: budget, "objective": cfg.objective,
         keys["fp32"]: fp32_full, keys["plan"]: best["value"], keys["drop"]: best["drop"],
         keys["predicted"]: best["predicted"], "quantized": best["quantized"], "float": sorted(set(rows) - final),
-        "latency_ms": latency, "size_mb": bench.build(final).stat().st_size / 1e6,
+        "latency_ms": latency, "size_mb": best["size_mb"],
         "tried": [{keys.get(k, k): v for k, v in t.items()} for t in tried], "output": str(out_path),
         "eval_images": bench.num_eval_images, "runtime": bench.runtime, "sensitivity": sens,
+        "execution": {**executor.describe(), "timed_on": timed_on},
     }
     comments = {u: ("quantized: " if u in final else "kept float: ") + _fmt_unit(r, metric) for u, r in rows.items()}
     plan = bench.plan(final, comments=comments, header=_header(bench, summary, rows, command))

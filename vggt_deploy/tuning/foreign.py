@@ -55,6 +55,22 @@ class ForeignWorkbench(BaseWorkbench):
         fp32_path = save_onnx(model, Path(work_dir) / "fp32.onnx")
         self._setup(fp32_path, model, base, work_dir, unit_kind, units, cache_dir, runtime)
 
+    @classmethod
+    def from_parts(cls, fp32_path: Path, images_path: Path, base: QdqPlan, work_dir: Path, unit_kind: str,
+                   units: Iterable[str], cache_dir: Path, runtime: str) -> ForeignWorkbench:
+        """A workbench on another node: the FP32 copy and the preprocessed held-out images (.npy) as shared."""
+        from vggt_deploy.compile import foreign_image_input
+        from vggt_deploy.graph.onnx_io import load_onnx
+
+        bench = cls.__new__(cls)
+        bench.onnx_file = Path(fp32_path)
+        model = load_onnx(bench.onnx_file)
+        bench.image_input, bench.preprocess = foreign_image_input(model, base, bench.onnx_file)
+        bench.extra_feeds = {}
+        bench.images = np.load(images_path)
+        bench._setup(Path(fp32_path), model, base, work_dir, unit_kind, units, cache_dir, runtime)
+        return bench
+
     @property
     def num_eval_images(self) -> int:
         return len(self.images)

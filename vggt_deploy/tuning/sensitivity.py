@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from tqdm import tqdm
-
+from vggt_deploy.executor import Executor, LocalExecutor
+from vggt_deploy.tuning.variant_tasks import outcome_values, recipe, score_task, timing_task, workbench_for
 from vggt_deploy.tuning.variants import METRICS, BaseWorkbench
 
 
@@ -89,6 +89,8 @@ class SensitivityResult:
     # {variant label: {output: cosine, pearson_mean, pearson_min, max_abs, rel_l2}} where the workbench
     # measures output agreement (foreign models); pearson_min is the worst image's Pearson r.
     agreement: dict[str, dict] | None = None
+    # Where it ran: executor, nodes, and `timed_on`, the one node every latency was measured on.
+    execution: dict | None = None
 
     def unit(self, name: str) -> UnitResult:
         return next(u for u in self.units if u.unit == name)
@@ -118,26 +120,31 @@ def metric_damage(metric: str, reference: float, value: float) -> float:
     return 100.0 * (reference - value) if metric == "map" else value - reference
 
 
-def run_sensitivity(bench: BaseWorkbench, cfg: SensitivityConfig, progress: bool = True) -> SensitivityResult:
-    """Measure every unit of `bench`; units ranked, most sensitive first."""
+def run_sensitivity(bench: BaseWorkbench, cfg: SensitivityConfig, progress: bool = True,
+                    executor: Executor | None = None) -> SensitivityResult:
+    """Measure every unit of `bench`; units ranked, most sensitive first.
+
+    Variants are scored as tasks of `executor` (default: in this process, no result cache); timing is one
+    timing task, after every score is in.
+    """
+    executor = executor or LocalExecutor()
+    rec = recipe(bench, executor)
     names = [u.name for u in bench.units]
     every = frozenset(names)
     variants = {"fp32": frozenset(), "all": every}
     for name in names:
         variants[f"only:{name}"] = frozenset({name})
         variants[f"except:{name}"] = every - {name}
-    paths, scores, agreement = {}, {}, {}
-    bar = tqdm(variants.items(), desc="sensitivity variants", unit="variant", disable=not progress)
-    for label, quantized in bar:
-        bar.set_postfix_str(label)
-        paths[label] = bench.build(quantized)
-        scores[label] = bench.score(paths[label], cfg.metric, cfg.images)
-        if (agree := bench.agreement(paths[label])) is not None:
-            agreement[label] = agree
-    timed = {**paths, **{label + REPEAT: paths[label] for label in ("fp32", "all")}}
-    latency = bench.latency(timed, cfg.latency_rounds) if cfg.latency_rounds else {}
+    tasks = [score_task(rec, label, quantized, cfg.metric, cfg.images) for label, quantized in variants.items()]
+    values = outcome_values(executor.run(tasks, desc="sensitivity variants", progress=progress), tasks)
+    scores = {label: v["score"] for label, v in values.items()}
+    sizes = {label: v["size_mb"] for label, v in values.items()}
+    agreement = {label: v["agreement"] for label, v in values.items() if v["agreement"] is not None}
+    latency, timed_on = {}, None
+    if cfg.latency_rounds:
+        timed = {**variants, **{label + REPEAT: variants[label] for label in ("fp32", "all")}}
+        latency, timed_on = run_timing(executor, rec, timed, cfg.latency_rounds, progress)
     noise = timing_noise(latency)
-    sizes = {label: path.stat().st_size / 1e6 for label, path in paths.items()}
     damage = {label: metric_damage(cfg.metric, scores["fp32"], value) for label, value in scores.items()}
     rows = []
     for unit in bench.units:
@@ -149,22 +156,32 @@ def run_sensitivity(bench: BaseWorkbench, cfg: SensitivityConfig, progress: bool
                                0.5 * (damage[only] + recovery), above_noise(lat, noise), size,
                                latency_saving_measured_ms=lat))
     rows.sort(key=lambda r: (-r.score, r.unit))
-    confirmation = _confirm(bench, cfg, rows, variants, paths, progress) if cfg.confirm_top else None
+    confirmation = _confirm(executor, rec, cfg, rows, variants, progress) if cfg.confirm_top else None
     return SensitivityResult(
         config=cfg, unit_kind=bench.unit_kind, runtime=bench.runtime, base_plan=bench.base.source, target=bench.base.target,
         damage_unit="mAP points" if cfg.metric == "map" else "output error %", damage_all=damage["all"],
         subset_images=min(cfg.images, bench.num_eval_images), scores=scores, latency_ms=latency,
-        latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation, agreement=agreement or None)
+        latency_noise_ms=noise, size_mb=sizes, units=rows, confirmation=confirmation, agreement=agreement or None,
+        execution={**executor.describe(), "timed_on": timed_on})
 
 
-def _confirm(bench: BaseWorkbench, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict, paths: dict,
+def run_timing(executor: Executor, rec, variants: dict, rounds: int, progress: bool) -> tuple[dict[str, float], str]:
+    """One alternating timing run of `variants` ({label: unit set or BASE}) as a timing task: latency, node."""
+    task = timing_task(rec, variants, rounds)
+    outcome = executor.run([task], desc="timing", progress=progress)[task.key]
+    outcome_values({task.key: outcome}, [task])
+    return outcome.value["latency_ms"], outcome.node
+
+
+def _confirm(executor: Executor, rec, cfg: SensitivityConfig, rows: list[UnitResult], variants: dict,
              progress: bool) -> dict:
     """Re-score the all-quantized model and the top units on the full held-out set."""
     top = rows[: cfg.confirm_top]
     labels = ["fp32", "all"] + [f"{kind}:{r.unit}" for r in top for kind in ("only", "except")]
-    full = {}
-    for label in tqdm(labels, desc="confirming on the full held-out set", unit="variant", disable=not progress):
-        full[label] = bench.score(paths[label], cfg.metric, None)
+    tasks = [score_task(rec, label, variants[label], cfg.metric, None) for label in labels]
+    values = outcome_values(executor.run(tasks, desc="confirming on the full held-out set", progress=progress), tasks)
+    full = {label: values[label]["score"] for label in labels}
+    num_images = workbench_for(rec).num_eval_images
     damage = {label: metric_damage(cfg.metric, full["fp32"], value) for label, value in full.items()}
     for r in top:
         r.full_damage_only = damage[f"only:{r.unit}"]
@@ -172,7 +189,7 @@ def _confirm(bench: BaseWorkbench, cfg: SensitivityConfig, rows: list[UnitResult
     full_scores = {r.unit: 0.5 * (r.full_damage_only + damage["all"] - r.full_damage_except) for r in top}
     order_full = sorted(full_scores, key=lambda u: -full_scores[u])
     return {
-        "images": bench.num_eval_images,
+        "images": num_images,
         "scores": full,
         "damage_all": damage["all"],
         "top_units_subset_order": [r.unit for r in top],

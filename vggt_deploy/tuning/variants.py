@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +26,7 @@ import onnx
 
 from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
+from vggt_deploy.executor import task_threads
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.plan import QdqPlan, Rule
 from vggt_deploy.tuning.units import Unit, model_units, quantizable_units, select_units, unit_plan
@@ -82,6 +84,9 @@ class BaseWorkbench:
             raise UserError(f"{base.source}: the base plan quantizes no layer, so there is nothing to analyse")
         self.units = select_units(self.all_units, list(units)) if units else self.all_units
         self._built: dict[frozenset[str], Path] = {}
+        # Files already in work_dir may be reused: only true where work_dir is named by the recipe
+        # (`variant_tasks.workbench_for`), so a file there can only be this variant.
+        self.reuse_built = False
         self._agreement: dict[Path, dict] = {}
 
     @property
@@ -139,13 +144,20 @@ class BaseWorkbench:
         """
         key = frozenset(quantized)
         if key not in self._built:
-            path = self.work_dir / "variants" / f"v{len(self._built):03d}.onnx"
-            self._built[key] = self._quantize(self.plan(key), path) if key else self.fp32_path
+            if not key:
+                self._built[key] = self.fp32_path
+            else:
+                name = hashlib.sha256("\n".join(sorted(key)).encode()).hexdigest()[:16]
+                path = self.work_dir / "variants" / f"v-{name}.onnx"
+                # A file of another process of this node's tasks (same recipe folder) is the same variant.
+                reuse = self.reuse_built and path.is_file()
+                self._built[key] = path if reuse else self._quantize(self.plan(key), path)
         return self._built[key]
 
     @functools.cached_property
     def _base_file(self) -> Path:
-        return self._quantize(self.base, self.work_dir / "variants" / "base.onnx")
+        path = self.work_dir / "variants" / "base.onnx"
+        return path if self.reuse_built and path.is_file() else self._quantize(self.base, path)
 
     def build_base(self) -> Path:
         """The QDQ file of the base plan itself (the uniform baseline a plan is compared with)."""
@@ -200,14 +212,31 @@ class Workbench(BaseWorkbench):
                  units: Iterable[str] = (), data_dir: Path | None = None, eval_images: int = 1000,
                  cache_dir: Path | None = None, runtime: str = "openvino") -> None:
         from vggt_deploy.compile import export_from_model
+
+        exported = export_from_model(Path(model_dir), Path(work_dir) / "fp32")
+        self._init(model_dir, exported.fp32, exported.fp32.parent / "queries.npy", base, work_dir, unit_kind, units,
+                   data_dir, eval_images, cache_dir, runtime)
+
+    @classmethod
+    def from_parts(cls, model_dir: Path, fp32_path: Path, queries_path: Path, base: QdqPlan, work_dir: Path,
+                   unit_kind: str, units: Iterable[str], data_dir: Path, cache_dir: Path, runtime: str) -> Workbench:
+        """A workbench on an FP32 export made elsewhere (a task on another node: no second export)."""
+        bench = cls.__new__(cls)
+        bench._init(model_dir, fp32_path, queries_path, base, work_dir, unit_kind, units, data_dir, None, cache_dir,
+                    runtime)
+        return bench
+
+    def _init(self, model_dir, fp32_path, queries_path, base, work_dir, unit_kind, units, data_dir, eval_images,
+              cache_dir, runtime) -> None:
         from vggt_deploy.model.io import load_model
 
+        self.model_dir = Path(model_dir)
         self.loaded = load_model(model_dir)
         self.preprocess = self.loaded.model.cfg.preprocess
-        exported = export_from_model(Path(model_dir), Path(work_dir) / "fp32")
-        self.queries = np.load(exported.fp32.parent / "queries.npy")
+        self.queries_path = Path(queries_path)
+        self.queries = np.load(self.queries_path)
         self.image_input, self.extra_feeds = "images", {"query_embeds": self.queries}
-        self._setup(exported.fp32, onnx.load(str(exported.fp32)), base, work_dir, unit_kind, units, cache_dir, runtime)
+        self._setup(Path(fp32_path), onnx.load(str(fp32_path)), base, work_dir, unit_kind, units, cache_dir, runtime)
         self._data_dir, self._eval_images = data_dir, eval_images
         self._reference: dict[int, list[np.ndarray]] = {}
 
@@ -227,7 +256,7 @@ class Workbench(BaseWorkbench):
         from vggt_deploy.backends.onnxruntime.runner import OrtRunner
         from vggt_deploy.bench.evaluate import evaluate, runner_infer
 
-        with OrtRunner(path, name=path.stem) as runner:
+        with OrtRunner(path, name=path.stem, threads=task_threads()) as runner:
             metrics = evaluate(self.loaded, self.dataset, infer=runner_infer(runner), batch_size=32, limit=limit,
                                progress=False)
         metrics.pop("detections")
@@ -250,7 +279,7 @@ class Workbench(BaseWorkbench):
         images = np.stack([preprocess(self.dataset.image(r), self.preprocess) for r in records])
         boxes, logits = [], []
         # Batches of 32 rather than output_agreement's batch 1: the FP32 reference is cached per limit here.
-        with OrtRunner(path, name=path.stem) as runner:
+        with OrtRunner(path, name=path.stem, threads=task_threads()) as runner:
             for start in range(0, len(images), 32):
                 out = runner.infer({self.image_input: images[start : start + 32], **self.extra_feeds})
                 boxes.append(out["boxes"])
