@@ -60,8 +60,20 @@ def evaluate(
     Keys: map, map50, map75, map_small, map_medium, map_large, refexp_acc,
     num_refs, top1, top5, num_images, detections (COCO result dicts).
     """
-    infer = infer or torch_infer(loaded.model)
     records = dataset.records[:limit] if limit else dataset.records
+    part = evaluate_part(loaded, dataset, records, infer, batch_size, progress)
+    return merge_parts(dataset, records, [part])
+
+
+def evaluate_part(loaded: LoadedModel, dataset: GroundingDataset, records: list, infer: InferFn | None = None,
+                  batch_size: int = 16, progress: bool = True) -> dict:
+    """What `records` contribute to the metrics: detections, referring hits, class logits and labels.
+
+    Parts of consecutive record ranges, each starting on a multiple of `batch_size`, see exactly the
+    batches one whole run sees (a batch's query set holds its own referring expressions), so
+    `merge_parts` of them gives the whole run's metrics, bit for bit.
+    """
+    infer = infer or torch_infer(loaded.model)
     dataset.check_images(records)
     cat_ids = [cid for cid, _ in dataset.categories]
     cat_embeds = query_embeddings(loaded, dataset.category_names)
@@ -82,13 +94,23 @@ def evaluate(
                              "bbox": [round(float(v), 3) for v in box], "score": round(score, 6)})
             for s, k in r.refs:
                 box, _ = best_box(boxes[i], logits[i], q, r.width, r.height)
-                ref_hits.append(box_iou_xywh(box, r.boxes[k]) >= 0.5)
+                ref_hits.append(bool(box_iou_xywh(box, r.boxes[k]) >= 0.5))
                 q += 1
             labels.append(cat_ids.index(r.label) if r.label in cat_ids else -1)
         class_logits.append(cls)
+    logits = np.concatenate(class_logits) if class_logits else np.zeros((0, 1), np.float32)
+    return {"detections": dets, "ref_hits": ref_hits, "class_logits": logits, "labels": labels}
+
+
+def merge_parts(dataset: GroundingDataset, records: list, parts: list[dict]) -> dict:
+    """The metrics of `records` from the `evaluate_part` results of its consecutive ranges, in order:
+    one pycocotools evaluation over every detection."""
+    dets = [d for p in parts for d in p["detections"]]
+    ref_hits = [h for p in parts for h in p["ref_hits"]]
+    logits = [np.asarray(p["class_logits"], np.float32) for p in parts if len(p["class_logits"])]
+    all_logits = np.concatenate(logits) if logits else np.zeros((0, 1))
+    label_arr = np.array([l for p in parts for l in p["labels"]], dtype=np.int64)
     metrics = coco_map(coco_ground_truth(records, dataset.categories), dets)
-    all_logits = np.concatenate(class_logits) if class_logits else np.zeros((0, 1))
-    label_arr = np.array(labels, dtype=np.int64)
     metrics.update(
         refexp_acc=float(np.mean(ref_hits)) if ref_hits else float("nan"),
         num_refs=len(ref_hits),

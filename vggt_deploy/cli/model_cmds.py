@@ -87,9 +87,21 @@ def train(model_name, output, data_dir, train_images, steps, batch_size, lr, see
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--write-card", is_flag=True, help="Also (re)write MODEL_CARD.md and training_curve.png in the model folder.")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[:ADDRESS]",
+              help="Where the shards run: local, or ray / ray:ADDRESS (`pip install 'vggt-deploy[ray]'`). Any "
+                   "executor but local, or --shard-images, evaluates shard by shard (finished shards are cached, so "
+                   "an interrupted run resumes); the detections are merged before one COCO evaluation, so the "
+                   "metrics equal the unsharded run's.")
+@click.option("--shard-images", type=click.IntRange(1), default=None,
+              help="Images per shard (rounded up to whole batches); default 256 when sharding.")
 def evaluate_cmd(model_dir: Path, onnx_file: Path | None, ov_path: Path | None, data_dir: Path | None,
-                 eval_images: int, batch_size: int, as_json: bool, write_card: bool) -> None:
+                 eval_images: int, batch_size: int, as_json: bool, write_card: bool, executor_spec: str,
+                 shard_images: int | None) -> None:
     """Grounding mAP (pycocotools), referring-expression accuracy and top-1/top-5."""
+    from vggt_deploy.executor import check_executor
+
+    check_executor(executor_spec)
+    sharded = executor_spec != "local" or shard_images is not None
     from vggt_deploy.bench.evaluate import evaluate
     from vggt_deploy.data.coco import load_coco, synthetic_split
     from vggt_deploy.model.io import load_model
@@ -106,7 +118,8 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, ov_path: Path | None, 
         if meta.get("vggt.config_hash") != loaded.model.cfg.config_hash():
             raise UserError(f"{onnx_file}: exported from config {meta.get('vggt.config_hash', 'unknown')}, but "
                             f"{model_dir} has config {loaded.model.cfg.config_hash()}; pass the matching --model")
-        infer = runner_infer(OrtRunner(onnx_file, name=onnx_file.name).activate())
+        if not sharded:
+            infer = runner_infer(OrtRunner(onnx_file, name=onnx_file.name).activate())
         if write_card:
             raise UserError("--write-card describes a PyTorch model folder; drop --onnx")
     if ov_path is not None:
@@ -120,14 +133,26 @@ def evaluate_cmd(model_dir: Path, onnx_file: Path | None, ov_path: Path | None, 
         if config_hash != loaded.model.cfg.config_hash():
             raise UserError(f"{ov_path}: exported from config {config_hash or 'unknown'}, but "
                             f"{model_dir} has config {loaded.model.cfg.config_hash()}; pass the matching --model")
-        infer = runner_infer(runner)
+        infer = None if sharded else runner_infer(runner)
+        if sharded:
+            runner.close()
     if data_dir is None:
         dataset = load_coco(synthetic_split("eval", eval_images))
         limit = None
     else:
         dataset = load_coco(data_dir)
         limit = eval_images
-    metrics = evaluate(loaded, dataset, infer=infer, batch_size=batch_size, limit=limit, progress=not as_json)
+    if sharded:
+        from vggt_deploy.bench.sharded_eval import evaluate_sharded
+        from vggt_deploy.executor import make_executor
+        from vggt_deploy.paths import cache_dir
+
+        backend = "onnxruntime" if onnx_file is not None else "openvino" if ov_path is not None else "torch"
+        with make_executor(executor_spec, cache_dir() / "eval_shards") as executor:
+            metrics = evaluate_sharded(executor, model_dir, dataset.root, backend, onnx_file or ov_path, limit,
+                                       batch_size, shard_images or 256, progress=not as_json)
+    else:
+        metrics = evaluate(loaded, dataset, infer=infer, batch_size=batch_size, limit=limit, progress=not as_json)
     metrics.pop("detections")
     if write_card:
         from vggt_deploy.model.card import write_model_card

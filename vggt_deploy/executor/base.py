@@ -131,29 +131,33 @@ class ResultCache:
 def this_node() -> str:
     """The host a task ran on (with the Ray node id inside a Ray worker)."""
     host = socket.gethostname()
-    try:
-        import ray
-
-        if ray.is_initialized():
-            return f"{host}/{ray.get_runtime_context().get_node_id()[:12]}"
-    except ImportError:
-        pass
+    ray = sys.modules.get("ray")  # never imported here: a process without Ray is not on a Ray node
+    if ray is not None and ray.is_initialized():
+        return f"{host}/{ray.get_runtime_context().get_node_id()[:12]}"
     return host
 
 
+_TASK_CPUS: int | None = None  # CPUs the running task was given (set by the executor that runs it)
+
+
 def task_threads() -> int | None:
-    """CPUs Ray assigned to the running task (None outside a Ray task: the runtime picks its own count)."""
-    ray = sys.modules.get("ray")  # a process that never imported Ray is not a Ray worker
-    if ray is None or not ray.is_initialized() or ray.get_runtime_context().get_task_id() is None:
-        return None
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-    return max(1, int(cpus)) if cpus else None
+    """Threads the running task may use for inference (None: the runtime's own default).
+
+    Inside a Ray task this is the CPUs Ray gave it, so tasks side by side on a node do not fight over
+    cores; in this process (the local executor) the runtimes keep their defaults.
+    """
+    return _TASK_CPUS
 
 
-def call_task(fn: Callable[..., Any], args: tuple) -> tuple[Any, str, float]:
+def call_task(fn: Callable[..., Any], args: tuple, cpus: int | None = None) -> tuple[Any, str, float]:
     """Run one task where it landed: its value, the node, the seconds it took."""
+    global _TASK_CPUS
+    _TASK_CPUS = cpus
     start = time.perf_counter()
-    value = fn(*args)
+    try:
+        value = fn(*args)
+    finally:
+        _TASK_CPUS = None
     return value, this_node(), time.perf_counter() - start
 
 

@@ -119,7 +119,8 @@ class RayExecutor(Executor):
             options = {"max_retries": self.max_retries, "retry_exceptions": False, "num_cpus": 1}
             if task.timing:
                 options.update(self._timing_options())
-            pending[remote.options(**options).remote(task.fn, task.args)] = task
+            cpus = max(1, int(options["num_cpus"]))
+            pending[remote.options(**options).remote(task.fn, task.args, cpus)] = task
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             for ref in done:
