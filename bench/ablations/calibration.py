@@ -7,6 +7,7 @@ disjoint from train and eval), generated to 512 images. Scored with ONNX
 Runtime on the eval split (1000 images).
 
     python bench/ablations/calibration.py     -> bench/results/ablation_calibration.{json,md}
+    python bench/ablations/calibration.py --executor ray   (variants as Ray tasks: README, "Scaling out")
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vggt_deploy.paths import default_model_dir
-from vggt_deploy.tuning.ablations import eval_variants, lost, write_table
+from vggt_deploy.tuning.ablations import eval_variants, lost, script_executor, write_table
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
@@ -35,7 +36,8 @@ def main() -> None:
     variants = {f"{m}, 128 images": (m, 128) for m in METHODS}
     variants.update({f"percentile, {n} images": ("percentile", n) for n in COUNTS if n != 128})
     plans = {"fp32": None, **{label: plan_text(m, n, source) for label, (m, n) in variants.items()}}
-    res = eval_variants(default_model_dir(), plans, ROOT / "build" / "ablations" / "calibration")
+    with script_executor(__doc__, ROOT / "build" / "ablations" / "calibration") as executor:
+        res = eval_variants(default_model_dir(), plans, ROOT / "build" / "ablations" / "calibration", executor=executor)
     best = max(variants, key=lambda v: res[f"{v}_map"])
     rows = []
     for label, (method, n) in variants.items():

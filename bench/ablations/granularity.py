@@ -6,6 +6,7 @@ embedding + blocks 0-2, late = blocks 3-5 + grounding layers + heads. Scored on
 the default model with ONNX Runtime (eval split, 1000 images).
 
     python bench/ablations/granularity.py     -> bench/results/ablation_granularity.{json,md}
+    python bench/ablations/granularity.py --executor ray   (variants as Ray tasks: README, "Scaling out")
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vggt_deploy.paths import default_model_dir
-from vggt_deploy.tuning.ablations import eval_variants, lost, write_table
+from vggt_deploy.tuning.ablations import eval_variants, lost, script_executor, write_table
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
@@ -39,7 +40,8 @@ def plan_text(early: str, late: str) -> str:
 def main() -> None:
     model = default_model_dir()
     plans = {"fp32": None, **{label: plan_text(e, l) for label, (_, e, l) in VARIANTS.items()}}
-    res = eval_variants(model, plans, ROOT / "build" / "ablations" / "granularity")
+    with script_executor(__doc__, ROOT / "build" / "ablations" / "granularity") as executor:
+        res = eval_variants(model, plans, ROOT / "build" / "ablations" / "granularity", executor=executor)
     rows = []
     reference = res["per-channel everywhere_map"]
     for label, (what, _, _) in VARIANTS.items():

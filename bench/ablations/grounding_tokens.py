@@ -8,7 +8,7 @@ INT8-mixed (grounding layers and heads float, the rest int8) with ONNX Runtime
 on the eval split; the table gives mean ± std over seeds.
 
     python bench/ablations/grounding_tokens.py train [--shard 0/2] [--threads 1]
-    python bench/ablations/grounding_tokens.py report
+    python bench/ablations/grounding_tokens.py report [--executor ray]
 
 `train` skips runs that are already complete, so it can be split over shards
 and resumed. Results: bench/results/ablation_grounding.{json,md}.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from vggt_deploy.executor import EXECUTOR_HELP, make_executor
 from vggt_deploy.tuning.ablations import eval_variants, lost, mean_std, time_files, write_table
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
@@ -72,7 +73,7 @@ def train_all(shard: tuple[int, int], threads: int) -> None:
               extra_meta={"ablation": "grounding_tokens"})
 
 
-def scored(path: Path) -> dict:
+def scored(path: Path, executor=None) -> dict:
     """FP32 and INT8-mixed results of one trained run (cached beside its eval files, keyed by the weights' hash)."""
     from vggt_deploy.fileio import sha256_file
 
@@ -82,7 +83,7 @@ def scored(path: Path) -> dict:
         saved = json.loads(cache.read_text())
         if saved.get("sha256") == digest:
             return saved["result"]
-    result = eval_variants(path, {"fp32": None, "int8-mixed": MIXED}, cache.parent)
+    result = eval_variants(path, {"fp32": None, "int8-mixed": MIXED}, cache.parent, executor=executor)
     cache.write_text(json.dumps({"sha256": digest, "result": result}, indent=1) + "\n")
     return result
 
@@ -100,9 +101,9 @@ def retimed(results: dict[str, dict]) -> None:
             result[f"{label}_p50_ms"] = p50[f"{name}/{label}"]
 
 
-def report() -> None:
+def report(executor=None) -> None:
     done = [j for j in jobs() if (run_dir(*j) / "model.safetensors").is_file()]
-    results = {run_dir(*j).name: scored(run_dir(*j)) for j in done}
+    results = {run_dir(*j).name: scored(run_dir(*j), executor) for j in done}
     retimed(results)
     rows = []
     for count, placement in itertools.product(COUNTS, PLACEMENTS):
@@ -136,12 +137,15 @@ def main() -> None:
     parser.add_argument("step", choices=("train", "report"))
     parser.add_argument("--shard", default="0/1", help="i/n: train every n-th run starting at i")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--executor", default="local", metavar="local|ray[:ADDRESS]",
+                        help="report: where the runs' variants are scored (" + EXECUTOR_HELP + ")")
     args = parser.parse_args()
     if args.step == "train":
         i, n = (int(v) for v in args.shard.split("/"))
         train_all((i, n), args.threads)
     else:
-        report()
+        with make_executor(args.executor, RUNS / "eval" / "results") as executor:
+            report(executor)
 
 
 if __name__ == "__main__":

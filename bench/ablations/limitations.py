@@ -9,6 +9,7 @@
    images), for int8 and mixed.
 
     python bench/ablations/limitations.py   -> bench/results/limitations_size.{json,md}, limitations_domain.{json,md}
+    python bench/ablations/limitations.py --executor ray   (variants as Ray tasks: README, "Scaling out")
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vggt_deploy.paths import default_model_dir, shipped_plan
-from vggt_deploy.tuning.ablations import eval_variants, write_table
+from vggt_deploy.tuning.ablations import eval_variants, script_executor, write_table
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: build/ and bench/results/ live here
 
@@ -35,7 +36,12 @@ def main() -> None:
     texts = {k: p.read_text() for k, p in PLANS.items()}
     work = ROOT / "build" / "ablations" / "limitations"
 
-    res = eval_variants(model, {"fp32": None, **texts}, work / "clutter", rounds=0)
+    with script_executor(__doc__, work) as executor:
+        _report(model, texts, work, executor)
+
+
+def _report(model, texts: dict, work, executor) -> None:
+    res = eval_variants(model, {"fp32": None, **texts}, work / "clutter", rounds=0, executor=executor)
     rows = []
     for label in ("fp32", "int8", "mixed"):
         rows.append({"variant": label, **{k: res[f"{label}_{k}"] for k in ("map", "map_small", "map_medium", "map_large")},
@@ -54,7 +60,7 @@ def main() -> None:
                 "int8, recalibrated on stripes": recalibrated(texts["int8"], stripes_calib),
                 "mixed, calibrated on clutter": texts["mixed"],
                 "mixed, recalibrated on stripes": recalibrated(texts["mixed"], stripes_calib)}
-    shifted = eval_variants(model, variants, work / "stripes", data_dir=stripes_eval, rounds=0)
+    shifted = eval_variants(model, variants, work / "stripes", data_dir=stripes_eval, rounds=0, executor=executor)
     rows = []
     for label in variants:
         rows.append({"variant": label, "eval_domain": "stripes", "map": shifted[f"{label}_map"],

@@ -1,5 +1,6 @@
 """The in-process executor: result cache, failures, resuming an interrupted analysis, sharded eval."""
 
+import itertools
 import json
 import sys
 
@@ -87,7 +88,7 @@ def test_shards_are_whole_batches_and_cover_every_record():
     for n, shard, batch in [(8, 3, 2), (1000, 256, 16), (5, 100, 4), (7, 1, 3)]:
         ranges = shard_ranges(n, shard, batch)
         assert ranges[0][0] == 0 and ranges[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
         assert all(start % batch == 0 for start, _ in ranges)
 
 

@@ -18,7 +18,7 @@ from vggt_deploy.tuning.sensitivity import SensitivityConfig, run_sensitivity
 from vggt_deploy.tuning.variants import Workbench
 
 ray = pytest.importorskip("ray")  # in the dev extra: installed wherever `make test` runs
-from vggt_deploy.executor.ray_executor import RayExecutor  # noqa: E402
+from vggt_deploy.executor.ray_executor import RayExecutor
 
 BASE = """\
 version: 1

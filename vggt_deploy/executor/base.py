@@ -220,7 +220,7 @@ class Executor:
     def close(self) -> None:
         """Release what the executor started."""
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Executor:  # noqa: PYI034 - as Runner.__enter__ (Python 3.10 has no typing.Self)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -238,7 +238,7 @@ class LocalExecutor(Executor):
         for task in tasks:
             try:
                 value, node, seconds = call_task(task.fn, task.args)
-            except Exception as exc:  # a failed variant is reported; the others still run
+            except Exception as exc:  # noqa: BLE001 - a failed variant is reported; the others still run
                 yield Outcome(task.key, task.label, False, error=error_text(exc), node=this_node(),
                               detail=traceback.format_exc())
                 continue

@@ -39,8 +39,8 @@ from vggt_deploy.executor import Executor, LocalExecutor
 from vggt_deploy.fileio import atomic_write_text
 from vggt_deploy.outputs import OutputFolder, check_output_path
 from vggt_deploy.tuning.sensitivity import SensitivityConfig, UnitResult, metric_damage, run_sensitivity, run_timing
-from vggt_deploy.tuning.variant_tasks import BASE, outcome_values, recipe, score_task
 from vggt_deploy.tuning.sensitivity_report import LOSS_TEXT, SUMMARY_KEYS, auto_markdown
+from vggt_deploy.tuning.variant_tasks import BASE, outcome_values, recipe, score_task
 from vggt_deploy.tuning.variants import BaseWorkbench
 
 SAVING_KEY = {"latency": "latency_saving_ms", "size": "size_saving_mb"}  # objective -> UnitResult field

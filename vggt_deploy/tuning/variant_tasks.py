@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -74,9 +73,9 @@ def recipe(bench: BaseWorkbench, executor: Executor) -> Recipe:
 
     bench.build_base()
     cache = [p for p in (bench._ranges_file, decisions_path(bench._ranges_file)) if p.is_file()]
-    common = dict(fp32=executor.share(bench.fp32_path), base=bench.base, unit_kind=bench.unit_kind,
-                  units=tuple(u.name for u in bench.units), runtime=bench.runtime,
-                  cache=tuple(executor.share(p) for p in cache))
+    common = {"fp32": executor.share(bench.fp32_path), "base": bench.base, "unit_kind": bench.unit_kind,
+              "units": tuple(u.name for u in bench.units), "runtime": bench.runtime,
+              "cache": tuple(executor.share(p) for p in cache)}
     if isinstance(bench, Workbench):
         rec = Recipe("own", model=executor.share(bench.model_dir), data=executor.share(bench.dataset.root),
                      queries=executor.share(bench.queries_path), **common)
