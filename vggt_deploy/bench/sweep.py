@@ -95,6 +95,45 @@ def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[di
     return rows
 
 
+def sweep_rows(kind: str, cfg) -> list[dict]:
+    """The rows of one sweep (`SWEEPS`) of `cfg`'s model (a `BenchConfig`), measured in this process."""
+    if kind == "batch":
+        from vggt_deploy.bench.targets import Builds
+        from vggt_deploy.model.io import load_model
+
+        builds = Builds(cfg)
+        fp32 = builds.export(None)
+        mixed = builds.export("mixed")
+        size = load_model(cfg.model_dir).model.cfg.image_size
+        return sweep_batch(fp32, mixed, np.load(fp32.parent / "queries.npy"), size, cfg.threads, cfg.rounds)
+    return sweep_resolution(cfg.model_dir, cfg.threads, cfg.rounds)
+
+
+def sweep_task(kind: str, cfg, model, plan) -> list[dict]:
+    """A timing task: `sweep_rows` on the node it landed on, with the model folder and the mixed plan as
+    shared there (`Shared` artifacts)."""
+    cfg = replace(cfg, model_dir=model.path(), mixed_plan=plan.path() if plan is not None else None)
+    return sweep_rows(kind, cfg)
+
+
+def run_sweep(kind: str, cfg, executor=None) -> tuple[list[dict], str]:
+    """One sweep as one timing task of `executor` (default: this process): its rows and the node timed on.
+
+    A sweep is all timing, so it runs whole on one node that nothing else uses meanwhile.
+    """
+    from vggt_deploy.executor import LocalExecutor, Task, task_key
+
+    executor = executor or LocalExecutor()
+    model = executor.share(cfg.model_dir)
+    plan = executor.share(cfg.mixed_plan) if cfg.mixed_plan is not None else None
+    task = Task(task_key("sweep", kind, model.digest, plan.digest if plan else None, cfg.threads, cfg.rounds),
+                f"sweep {kind}", sweep_task, (kind, cfg, model, plan), timing=True)
+    outcome = executor.run([task], desc=f"{kind} sweep")[task.key]
+    if not outcome.ok:
+        raise RuntimeError(f"{kind} sweep failed on {outcome.node or 'its node'}: {outcome.error}")
+    return outcome.value, outcome.node
+
+
 def sweep_markdown(kind: str, rows: list[dict]) -> str:
     key = "batch" if kind == "batch" else "image_size"
     cols = [key] + (["tokens"] if kind == "resolution" else []) + ["target", "p50_ms", "ms_per_image", "fps", "peak_rss_mb"]

@@ -13,6 +13,8 @@ from vggt_deploy.backends.capabilities import DEVICES
 from vggt_deploy.bench.sweep import SWEEPS
 from vggt_deploy.bench.timing import BURST
 from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
+from vggt_deploy.errors import UserError
+from vggt_deploy.executor import check_executor
 
 
 @main.command()
@@ -37,11 +39,14 @@ from vggt_deploy.cli.app import _command_line, main, plan_file, resolve_model
 @click.option("--min-map", type=float, default=None, help="Exit non-zero when an ok target scores below this mAP.")
 @click.option("--sweep", type=click.Choice(SWEEPS), default=None,
               help="Instead of the target matrix: latency and memory vs batch size or vs image tokens.")
+@click.option("--executor", "executor_spec", default="local", show_default=True, metavar="local|ray[:ADDRESS]",
+              help="With --sweep: where the sweep runs. A sweep is all timing, so it is one task that holds a whole "
+                   "node offering the bench_node Ray resource; the results name that node.")
 @click.option("--render-only", is_flag=True,
               help="Measure nothing: rebuild bench/BENCHMARKS.md from the files in --results-dir "
                    "(after `sensitivity`, `plan auto` or the bench/ablations scripts wrote there).")
 def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, burst, warmup, threads, build_dir, results_dir,
-          as_json, min_map, sweep, render_only) -> None:
+          as_json, min_map, sweep, render_only, executor_spec) -> None:
     """Benchmark every target side by side: size, GFLOPs, latency, FPS, memory, mAP, RefExp, top-k.
 
     Writes bench.json/.csv/.md and plots to --results-dir and renders BENCHMARKS.md beside --results-dir.
@@ -60,8 +65,12 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, bu
                       device=device, targets=tuple(t.strip() for t in targets.split(",")) if targets else (),
                       batch=batch, eval_images=eval_images, warmup=warmup, rounds=rounds, threads=threads,
                       burst=burst)
+    check_executor(executor_spec)
+    if executor_spec != "local" and sweep is None:
+        raise UserError("--executor applies to --sweep: the target matrix times every target side by side in this "
+                        "process (comparisons hold only within one run on one machine)")
     if sweep is not None:
-        _run_sweep(sweep, cfg, results_dir)
+        _run_sweep(sweep, cfg, results_dir, executor_spec)
         render_benchmarks(results_dir, results_dir.parent / "BENCHMARKS.md")
         return
     outcome = run_bench(cfg)
@@ -88,26 +97,17 @@ def bench(model_dir, plan_value, device, targets, batch, eval_images, rounds, bu
             sys.exit(1)
 
 
-def _run_sweep(kind: str, cfg, results_dir: Path) -> None:
-    import numpy as np
-
+def _run_sweep(kind: str, cfg, results_dir: Path, executor_spec: str = "local") -> None:
     from vggt_deploy.bench import sweep as sw
     from vggt_deploy.bench.report import environment
-    from vggt_deploy.bench.targets import Builds
+    from vggt_deploy.executor import make_executor
     from vggt_deploy.fileio import atomic_write_text
 
-    if kind == "batch":
-        from vggt_deploy.model.io import load_model
-
-        builds = Builds(cfg)
-        fp32 = builds.export(None)
-        mixed = builds.export("mixed")
-        size = load_model(cfg.model_dir).model.cfg.image_size
-        rows = sw.sweep_batch(fp32, mixed, np.load(fp32.parent / "queries.npy"), size, cfg.threads, cfg.rounds)
-    else:
-        rows = sw.sweep_resolution(cfg.model_dir, cfg.threads, cfg.rounds)
+    with make_executor(executor_spec) as executor:
+        rows, node = sw.run_sweep(kind, cfg, executor)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / f"sweep_{kind}.json", json.dumps({"environment": environment(), "rows": rows}, indent=1) + "\n")
+    atomic_write_text(results_dir / f"sweep_{kind}.json",
+                      json.dumps({"environment": environment(), "timed_on": node, "rows": rows}, indent=1) + "\n")
     table = sw.sweep_markdown(kind, rows)
     atomic_write_text(results_dir / f"sweep_{kind}.md", table + "\n")
     click.echo(table)
