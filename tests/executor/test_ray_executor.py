@@ -143,3 +143,29 @@ def test_sharded_eval_on_ray_gives_the_identical_map(local_ray, tiny_export, tin
     assert whole.exit_code == 0, whole.output
     assert sharded.exit_code == 0, sharded.output
     assert json.loads(whole.output) == json.loads(sharded.output)
+
+
+def test_ablation_variants_on_ray_score_as_locally_and_time_on_the_bench_node(local_ray, tiny_model_dir, tiny_data,
+                                                                              tiny_plan_text, tmp_path):
+    from vggt_deploy.tuning.ablations import eval_variants
+
+    variants = {"fp32": None, "mixed": tiny_plan_text}
+    local = eval_variants(tiny_model_dir, variants, tmp_path / "local", data_dir=tiny_data, rounds=0)
+    remote = eval_variants(tiny_model_dir, variants, tmp_path / "ray", data_dir=tiny_data, rounds=2,
+                           executor=RayExecutor())
+    assert {k: remote[k] for k in local} == local
+    assert remote["timed_on"].endswith(ray.get_runtime_context().get_node_id()[:12])
+    assert remote["fp32_p50_ms"] > 0 and remote["mixed_p50_ms"] > 0
+
+
+def test_a_sweep_is_one_timing_task_on_the_bench_node(local_ray, tiny_model_dir, tiny_plan_text, tmp_path):
+    from vggt_deploy.bench.sweep import BATCHES, run_sweep
+    from vggt_deploy.bench.targets import BenchConfig
+
+    plan = tmp_path / "tiny.yaml"
+    plan.write_text(tiny_plan_text)
+    cfg = BenchConfig(model_dir=tiny_model_dir, build_dir=tmp_path / "build", mixed_plan=plan, rounds=2, threads=1)
+    rows, node = run_sweep("batch", cfg, RayExecutor())
+    assert node.endswith(ray.get_runtime_context().get_node_id()[:12])
+    assert sorted({r["batch"] for r in rows}) == list(BATCHES)
+    assert all(r["p50_ms"] > 0 for r in rows)
