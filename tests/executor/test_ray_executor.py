@@ -169,3 +169,17 @@ def test_a_sweep_is_one_timing_task_on_the_bench_node(local_ray, tiny_model_dir,
     assert node.endswith(ray.get_runtime_context().get_node_id()[:12])
     assert sorted({r["batch"] for r in rows}) == list(BATCHES)
     assert all(r["p50_ms"] > 0 for r in rows)
+
+
+def test_plan_auto_on_ray_chooses_and_verifies_the_same_plan(local_ray, bench, tmp_path):
+    from vggt_deploy.tuning.auto_plan import AutoConfig, auto_plan
+
+    cfg = AutoConfig(max_output_error=5.0, objective="size",
+                     sensitivity=SensitivityConfig(metric="output-error", images=8, confirm_top=0, latency_rounds=0))
+    local = auto_plan(bench, cfg, tmp_path / "local" / "plan.yaml", progress=False)
+    remote = auto_plan(bench, cfg, tmp_path / "ray" / "plan.yaml", progress=False, executor=RayExecutor())
+    assert remote["execution"]["executor"] == "ray"
+    for key in ("met", "quantized", "float", "plan_output_error", "tried", "size_mb"):
+        assert remote[key] == local[key], key
+    plans = [parse_plan((tmp_path / where / "plan.yaml").read_text()) for where in ("local", "ray")]
+    assert plans[0].rules == plans[1].rules  # the same plan; only the measured latencies in its comments differ

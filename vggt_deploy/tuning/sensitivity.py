@@ -12,11 +12,15 @@ model exported elsewhere the held-out image folder, scored by output error):
 The two disagree when units interact, so the ranking uses their mean
 (``score``). Each unit's latency and size saving is measured too: batch-1
 latency in the workbench's runtime (OpenVINO or ONNX Runtime) of all variants in alternating rounds (one process,
-non-spinning pools) and file sizes. The FP32 and the all-quantized files are
+non-spinning pools, one node: a timing task) and file sizes. The FP32 and the all-quantized files are
 timed twice each (as separate sessions); the larger gap between the twins is
 the run's timing noise, and a latency saving smaller than it counts as zero
 (the measured value is kept beside it). The top units and the all-quantized
 model are then re-scored on the full held-out set to confirm the answer.
+
+Every variant is a task of an executor (`vggt_deploy.executor`): in this
+process by default, or on Ray (`--executor ray`); the answer is the same, and
+finished variants are cached by content hash, so an interrupted run resumes.
 """
 
 from __future__ import annotations
