@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS
 from vggt_deploy.quant.activation_stats import iterate_activations
 
@@ -256,12 +257,48 @@ def _structured_harm(rows: np.ndarray, image: np.ndarray, images: int, t: float,
     return consistent.tolist(), float(rel[hit].max())
 
 
+TOKENS_PER_FRAME_KEY = "vggt.tokens_per_frame"  # metadata an exporter writes for `exclude_tokens: {period: frame}`
+
+
+def token_exclusion(model: onnx.ModelProto, spec) -> tuple[int, int] | None:
+    """(first, period) of the plan's ``calibration.exclude_tokens`` for `model` (None: keep every row).
+
+    ``period: frame`` is read from the model's `TOKENS_PER_FRAME_KEY` metadata.
+    """
+    ex = spec.exclude_tokens
+    if ex is None:
+        return None
+    if ex.period != "frame":
+        return ex.first, int(ex.period)
+    meta = {p.key: p.value for p in model.metadata_props}
+    if TOKENS_PER_FRAME_KEY not in meta:
+        raise UserError(f"calibration.exclude_tokens.period is frame, but the model carries no {TOKENS_PER_FRAME_KEY} "
+                        "metadata: give the period as a number of token rows (tokens per frame)")
+    return ex.first, int(meta[TOKENS_PER_FRAME_KEY])
+
+
+def drop_token_rows(x: np.ndarray, first: int, period: int) -> np.ndarray:
+    """`x` without the first `first` rows of each `period` rows of its token axis (the second-to-last);
+    `period` 0: the whole axis. Unchanged when the axis does not divide into periods or is too short."""
+    if x.ndim < 2:
+        return x
+    length = x.shape[-2]
+    period = period or length
+    if length % period or period <= first:
+        return x
+    keep = np.arange(length) % period >= first
+    return x[..., keep, :]
+
+
 def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
-                extra_feeds: dict[str, np.ndarray] | None, symmetric: bool) -> tuple[dict, list[Decision]]:
+                extra_feeds: dict[str, np.ndarray] | None, symmetric: bool,
+                exclude_tokens: tuple[int, int] | None = None) -> tuple[dict, list[Decision]]:
     """{tensor: (lo, hi)} for every input and output of a MatMul/Gemm/Conv, and the decisions.
 
     Inputs read by a MatMul/Gemm/Conv are chosen as described above; other tensors (outputs,
-    which this project never re-quantizes) get their min/max.
+    which this project never re-quantizes) get their min/max. `exclude_tokens` (first, period)
+    leaves special-token rows out of every token-major tensor's statistics (`drop_token_rows`;
+    Conv inputs are channel-major and kept whole).
     """
     consumers = _consumers(model)
     inits = {t.name for t in model.graph.initializer}
@@ -278,6 +315,8 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
                 conv = any(c.conv for c in consumers.get(name, []))
                 stats[name] = _Stats(channel_axis=1 if conv else -1)
             s = stats[name]
+            if exclude_tokens is not None and s.channel_axis == -1:
+                x = drop_token_rows(x, *exclude_tokens)
             if name not in consumers:  # min/max only
                 s.lo, s.hi = min(s.lo, float(x.min())), max(s.hi, float(x.max()))
                 continue

@@ -98,6 +98,23 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class TokenExclusion:
+    """Token rows left out of the activation statistics (``calibration.exclude_tokens``).
+
+    Special tokens (camera and register tokens, a CLS token) carry extreme values; letting
+    them set a tensor's range would cost every patch token its resolution, so QuantVGGT and
+    QVGGT calibrate without them. Along the token axis (the second-to-last) of every
+    activation a Linear reads, the first `first` rows of each group of `period` rows are
+    dropped: `period` 0 is the whole axis (only its first rows), ``frame`` the model's
+    ``vggt.tokens_per_frame`` metadata (frame attention sees one frame, global attention all
+    frames' tokens in a row). Tensors whose token axis does not divide into periods are kept whole.
+    """
+
+    first: int
+    period: int | str = 0
+
+
+@dataclass(frozen=True)
 class CalibrationSpec:
     """Where calibration data comes from and how ranges are computed.
 
@@ -111,6 +128,7 @@ class CalibrationSpec:
     images: str = "calib_data"
     num_images: int = 128
     input: InputSpec = field(default_factory=InputSpec)
+    exclude_tokens: TokenExclusion | None = None
 
     def cache_key(self) -> str:
         """Stable hash of this section: rules may change without recalibrating."""
@@ -293,7 +311,7 @@ def parse_plan(text: str, source: str = "<plan>", target: str | None = None) -> 
 
 def _calibration(r: FieldReader, raw: Any) -> CalibrationSpec:
     path = "calibration"
-    raw = r.mapping(raw, path, ("method", "percentile", "images", "num_images", "input"))
+    raw = r.mapping(raw, path, ("method", "percentile", "images", "num_images", "input", "exclude_tokens"))
     values: dict[str, Any] = {}
     if "method" in raw:
         values["method"] = r.choice(raw["method"], f"{path}.method", METHODS)
@@ -322,7 +340,28 @@ def _calibration(r: FieldReader, raw: Any) -> CalibrationSpec:
             elif key == "channel_order":
                 spec[key] = r.choice(value, p, ("rgb", "bgr"))
         values["input"] = InputSpec(**spec)
+    if "exclude_tokens" in raw:
+        values["exclude_tokens"] = _token_exclusion(r, raw["exclude_tokens"], f"{path}.exclude_tokens")
+        if values.get("method", "auto") != "auto":
+            raise r.fail(f"{path}.exclude_tokens", "needs method auto (ONNX Runtime's calibrators see whole tensors, "
+                                                    "so they cannot leave token rows out)")
     return CalibrationSpec(**values)
+
+
+def _token_exclusion(r: FieldReader, raw: Any, path: str) -> TokenExclusion:
+    raw = r.mapping(raw, path, ("first", "period"))
+    if "first" not in raw:
+        raise r.fail(path, "needs first: how many special-token rows lead each period (e.g. first: 5)")
+    first = r.typed(raw["first"], f"{path}.first", int, 1, 1_000_000)
+    period: int | str = 0
+    if "period" in raw:
+        if raw["period"] == "frame":
+            period = "frame"
+        else:
+            period = r.typed(raw["period"], f"{path}.period", int, 0, 100_000_000)
+            if period and period <= first:
+                raise r.fail(f"{path}.period", f"must exceed first ({first}), or be 0 (the whole axis) or frame")
+    return TokenExclusion(first, period)
 
 
 def load_plan(path: str | Path, target: str | None = None) -> QdqPlan:

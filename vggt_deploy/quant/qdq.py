@@ -33,7 +33,7 @@ import onnx
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
 from vggt_deploy.graph.onnx_io import set_metadata
-from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, write_cache
+from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, token_exclusion, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
 from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
@@ -173,7 +173,8 @@ def quantize(
                 reader = None
             if reader is not None and plan.calibration.method == "auto":
                 reader.bar.close()
-                ranges, decisions = auto_ranges(fp32, calib_images, image_input, extra_feeds, symmetric=trt)
+                ranges, decisions = auto_ranges(fp32, calib_images, image_input, extra_feeds, symmetric=trt,
+                                                exclude_tokens=token_exclusion(fp32, plan.calibration))
                 write_cache(ranges, decisions, ranges_file)
                 reader = None
             out = Path(tmp) / "static.onnx"
@@ -284,7 +285,9 @@ def _report(resolved: ResolvedPlan, ranges_file: Path, cache_hit: bool) -> dict:
         "plan_hash": plan.plan_hash(),
         "calibration": {"method": plan.calibration.method, "percentile": plan.calibration.percentile,
                         "images": plan.calibration.images, "num_images": plan.calibration.num_images,
-                        "cache": str(ranges_file), "cache_hit": cache_hit},
+                        "cache": str(ranges_file), "cache_hit": cache_hit,
+                        "exclude_tokens": (dataclasses.asdict(plan.calibration.exclude_tokens)
+                                           if plan.calibration.exclude_tokens else None)},
         "range_summary": {"tensors": len(ranges), "abs_max_median": float(np.median(amax)), "abs_max_max": float(amax.max())},
         **(_auto_choices(resolved, ranges_file) if plan.calibration.method == "auto" else {}),
         "counts": {"layers": len(layers), **counts},

@@ -142,6 +142,8 @@ def _render(base: QdqPlan, rules: list[tuple[str, dict, str]], header: str) -> s
     else:  # unset fields (None) are left out: a plan reads no null there
         calibration["input"] = {k: list(v) if isinstance(v, tuple) else v for k, v in calibration["input"].items()
                                 if v is not None}
+    if calibration["exclude_tokens"] is None:
+        del calibration["exclude_tokens"]
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     lines += ["version: 1", f"target: {base.target}", f"calibration: {_flow(calibration)}",
               f"default: {_flow(_plan_fields(dataclasses.asdict(base.default)))}"]
