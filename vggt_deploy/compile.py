@@ -39,6 +39,8 @@ from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
 
 OUTPUT_FILES = ("model.onnx", "queries.npy", "queries.json", "export.json", "model.qdq.onnx", "report.json")
 QDQ_FILES = ("model.qdq.onnx", "report.json")
+# VGGT-1B: no query files; above 2 GB the weights go to external data beside each graph.
+VGGT1B_FILES = ("model.onnx", "model.onnx.data", "export.json", "model.qdq.onnx", "model.qdq.onnx.data", "report.json")
 
 
 @dataclass
@@ -57,7 +59,8 @@ def _check_out(out_dir: Path, inputs: list[Path | None], plan: QdqPlan | None) -
 def _output_folder(out_dir: Path, writes: tuple[str, ...]) -> OutputFolder:
     """The set this export writes; an earlier export's other files in `out_dir` no longer belong with it."""
     earlier = (out_dir / "export.json").is_file()
-    return OutputFolder(out_dir, stale=[n for n in OUTPUT_FILES if n not in writes] if earlier else ())
+    ours = dict.fromkeys(OUTPUT_FILES + VGGT1B_FILES)
+    return OutputFolder(out_dir, stale=[n for n in ours if n not in writes] if earlier else ())
 
 
 def export_from_model(model_dir: Path, out_dir: Path, plan: QdqPlan | None = None, cache_dir: Path | None = None) -> ExportOutputs:
@@ -163,6 +166,57 @@ def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
     if len(dims) != 4 or not dims[2] or dims[2] != dims[3]:
         raise UserError(f"{path}: input {name!r} has no fixed square size; set calibration.input.size in the plan")
     return dims[2]
+
+
+def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], plan: QdqPlan | None = None,
+                        weights: Path | None = None, frames: int = 2, cache_dir: Path | None = None) -> ExportOutputs:
+    """Meta's VGGT-1B (the port; `weights` the public checkpoint, else random) -> FP32 ONNX (+ QDQ with `plan`).
+
+    The FP32 graph takes ``images`` [S, 3, H, W] with S dynamic (`export.vggt1b_export`). Calibration
+    feeds whole sequences of `frames` frames from the multi-view calibration split (``num_images`` of the
+    plan's calibration section is the number of sequences), so global attention sees several frames as
+    in use. Files above 2 GB are written with external data (``*.onnx.data``) beside them.
+    """
+    from vggt_deploy.data.multiview import MultiViewConfig, sequence_tensor, split_sequences
+    from vggt_deploy.export.vggt1b_export import export_vggt1b
+    from vggt_deploy.fileio import sha256_file
+    from vggt_deploy.model.vggt1b.io import create_vggt1b, load_vggt1b_weights
+
+    out_dir = Path(out_dir)
+    _check_out(out_dir, [weights], plan)
+    if plan is not None and plan.calibration.input.npy_dir is not None:
+        raise UserError(f"{plan.source}: calibration.input does not apply to VGGT-1B, which calibrates on "
+                        "multi-view sequences (its input is frames in [0, 1])")
+    height, width = image_hw
+    model = create_vggt1b(config)
+    sha = ""
+    if weights is not None:
+        load_vggt1b_weights(model, weights)
+        sha = sha256_file(weights)
+    check = sequence_tensor(split_sequences("eval", 1, MultiViewConfig(height, width, frames + 1))[0])
+    fp32, info = export_vggt1b(model, [check[:frames], check], sha)
+    del model  # the graph holds the weights now; at full size that is 5 GB less
+    resolved = resolve_plan(plan, fp32) if plan is not None else None
+    calib = None
+    if plan is not None:
+        seqs = split_sequences("calib", plan.calibration.num_images, MultiViewConfig(height, width, frames))
+        calib = np.stack([sequence_tensor(s) for s in seqs])
+    writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
+    with _output_folder(out_dir, writes) as tmp:
+        info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
+                    image_hw=[height, width], fp32_size_mb=_onnx_mb(save_onnx(fp32, tmp / "model.onnx")))
+        if plan is not None:
+            qdq_path, _ = _quantize(fp32, resolved, calib, {}, "images", tmp, cache_dir)
+            info["qdq_size_mb"] = _onnx_mb(qdq_path)
+            info["calibration"] = f"{len(calib)} multi-view sequences of {frames} frames (synthetic calib split)"
+        atomic_write_json(tmp / "export.json", info)
+    return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
+
+
+def _onnx_mb(path: Path) -> float:
+    """Size of an ONNX file with its external data, if any."""
+    data = path.with_name(path.name + ".data")
+    return (path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
 
 
 def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir, fixed_ranges=None):

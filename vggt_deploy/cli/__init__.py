@@ -12,6 +12,7 @@ from vggt_deploy.cli import (  # noqa: F401  (each module registers its commands
     model_cmds,
     publish_cmd,
     sensitivity_cmds,
+    vggt1b_cmds,
 )
 from vggt_deploy.cli.app import main
 

@@ -16,6 +16,9 @@ import onnx
 from vggt_deploy.errors import UserError
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # the dynamo exporter's module path of each node
+# Rows per frame along the token axis (special tokens first), written by exporters of multi-frame models
+# (VGGT-1B) and read by `calibration.exclude_tokens: {period: frame}`.
+TOKENS_PER_FRAME_KEY = "vggt.tokens_per_frame"
 TWO_GB = 2**31
 
 

@@ -34,10 +34,19 @@ def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto
     return out
 
 
+def feed_item(images: np.ndarray, i: int) -> np.ndarray:
+    """Calibration item `i` as the image input's value.
+
+    [N, C, H, W] arrays hold single images, fed as batches of one; [N, S, C, H, W] arrays hold whole
+    multi-frame feeds (a VGGT-1B sequence of S frames), fed as they are.
+    """
+    return images[i] if images.ndim == 5 else images[i : i + 1]
+
+
 def iterate_activations(model: onnx.ModelProto, tensors: list[str], images: np.ndarray, image_input: str,
                         extra_feeds: dict[str, np.ndarray] | None = None, desc: str = "activations",
                         threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """For each image (batch 1), the values of `tensors` (float32 arrays) and the graph outputs.
+    """For each calibration item (`feed_item`), the values of `tensors` (float32 arrays) and the graph outputs.
 
     Graph optimizations are off so every named tensor survives as it is in the file.
     """
@@ -53,7 +62,7 @@ def iterate_activations(model: onnx.ModelProto, tensors: list[str], images: np.n
         names = [o.name for o in session.get_outputs()]
         feeds = dict(extra_feeds or {})
         for i in tqdm(range(len(images)), desc=desc, unit="img", leave=False, disable=None):
-            feeds[image_input] = images[i : i + 1]
+            feeds[image_input] = feed_item(images, i)
             values = session.run(names, feeds)
             yield {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values)}
 

@@ -45,6 +45,7 @@ from onnx import numpy_helper
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS
+from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY
 from vggt_deploy.quant.activation_stats import iterate_activations
 
 PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
@@ -255,9 +256,6 @@ def _structured_harm(rows: np.ndarray, image: np.ndarray, images: int, t: float,
     if not consistent.size or not (rel[hit] > tolerated[hit]).any():
         return [], 0.0
     return consistent.tolist(), float(rel[hit].max())
-
-
-TOKENS_PER_FRAME_KEY = "vggt.tokens_per_frame"  # metadata an exporter writes for `exclude_tokens: {period: frame}`
 
 
 def token_exclusion(model: onnx.ModelProto, spec) -> tuple[int, int] | None:

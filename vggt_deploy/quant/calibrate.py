@@ -19,6 +19,7 @@ from vggt_deploy.data.calib_set import MANIFEST, calibration_files
 from vggt_deploy.data.preprocess import PreprocessConfig, preprocess, read_image
 from vggt_deploy.errors import UserError
 from vggt_deploy.paths import resource
+from vggt_deploy.quant.activation_stats import feed_item
 from vggt_deploy.quant.plan import CalibrationSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -123,7 +124,7 @@ def _enough(files: list, wanted: int, source: Path) -> None:
 
 
 class TensorReader:
-    """An onnxruntime `CalibrationDataReader` over in-memory inputs, one image per feed."""
+    """An onnxruntime `CalibrationDataReader` over in-memory inputs, one item per feed (`feed_item`)."""
 
     def __init__(self, images: np.ndarray, image_input: str, extra_feeds: dict[str, np.ndarray] | None = None) -> None:
         self.images, self.image_input = images, image_input
@@ -135,7 +136,7 @@ class TensorReader:
         if self.index >= len(self.images):
             self.bar.close()
             return None
-        feed = {self.image_input: self.images[self.index : self.index + 1], **self.extra}
+        feed = {self.image_input: feed_item(self.images, self.index), **self.extra}
         self.index += 1
         self.bar.update(1)
         return feed

@@ -3,7 +3,7 @@
 Checked (from TensorRT's "Working with Quantized Types" developer guide and the
 ONNX-TensorRT operator support list for 10.x):
 
-- the opset is one TensorRT 10.3's ONNX parser reads (<= 20);
+- the opset is one TensorRT 10.3's ONNX parser reads (<= 20), and every op is in its operator list;
 - QuantizeLinear/DequantizeLinear use int8 (TensorRT has no uint8 or int16 QDQ);
 - every zero point is 0 (TensorRT quantization is symmetric);
 - QDQ pairs feed MatMul, Gemm or Conv, where TensorRT fuses them into int8 kernels;
@@ -21,6 +21,19 @@ from onnx import numpy_helper
 
 MAX_OPSET = 20
 FUSING_OPS = ("MatMul", "Gemm", "Conv")
+# Operators of onnx-tensorrt's docs/operators.md for the 10.3 release (JetPack 6) that the graphs this
+# project exports can contain, each listed there as supported. An op outside this set is reported rather
+# than assumed parseable; widen the set only after checking that table. Not listed on purpose: If, Loop,
+# Scan and the sequence ops (refused or unsupported), NonZero (data-dependent shapes).
+TENSORRT_10_3_OPS = frozenset({
+    "Abs", "Add", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
+    "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "DequantizeLinear", "Div", "Einsum", "Equal", "Erf", "Exp",
+    "Expand", "Flatten", "Floor", "Gather", "GatherElements", "Gelu", "Gemm", "GlobalAveragePool", "Greater",
+    "HardSigmoid", "Identity", "LayerNormalization", "LeakyRelu", "Less", "Log", "MatMul", "Max", "MaxPool", "Min",
+    "Mul", "Neg", "Not", "Pad", "Pow", "QuantizeLinear", "Range", "Reciprocal", "ReduceMax", "ReduceMean",
+    "ReduceL1", "ReduceL2", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ScatterND", "Shape", "Sigmoid", "Sign", "Sin", "Slice",
+    "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
+})
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -33,6 +46,11 @@ def validate_tensorrt(model: onnx.ModelProto) -> list[str]:
     opset = _opset(model)
     if opset > MAX_OPSET:
         problems.append(f"opset {opset}: TensorRT 10.3 parses opsets up to {MAX_OPSET}")
+    for op in sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")} - TENSORRT_10_3_OPS):
+        problems.append(f"op {op}: not in the operators TensorRT 10.3's ONNX parser supports (TENSORRT_10_3_OPS)")
+    for op in sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")}):
+        if not op.endswith(("QuantizeLinear", "DequantizeLinear")):  # QDQ domains are reported per node below
+            problems.append(f"op {op}: a custom-domain op TensorRT's ONNX parser does not read")
     inits = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: next((a.t for a in n.attribute if a.name == "value"), None)
               for n in model.graph.node if n.op_type == "Constant"}

@@ -1,0 +1,86 @@
+"""VGGT-1B end to end on the tiny config: export (dynamic frames), QuantVGGT-style plan, eval-geometry."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from vggt_deploy.backends.onnxruntime.session import make_session
+from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
+from vggt_deploy.cli import main
+from vggt_deploy.errors import UserError
+from vggt_deploy.export.vggt1b_export import parse_image_size
+from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, get_metadata
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vggt1b") / "cpu"
+    result = CliRunner().invoke(main, ["export-vggt1b", "--config", "vggt_1b_tiny", "--image-size", "56x42",
+                                       "--plan", "vggt1b-int8", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_export_has_the_contract_and_runs_any_frame_count(exported):
+    fp32 = onnx.load(str(exported / "model.onnx"))
+    meta = get_metadata(fp32)
+    assert meta["vggt.architecture"] == "vggt1b" and json.loads(meta["vggt.image_hw"]) == [42, 56]
+    assert meta[TOKENS_PER_FRAME_KEY] == str(5 + 3 * 4)  # camera + 4 registers + a 3x4 patch grid
+    assert [i.name for i in fp32.graph.input] == ["images"]
+    assert [o.name for o in fp32.graph.output] == ["pose_enc", "depth", "depth_conf", "world_points",
+                                                   "world_points_conf"]
+    info = json.loads((exported / "export.json").read_text())
+    assert max(info["max_rel_diff_vs_torch"].values()) < 1e-3 and info["frames_checked"] == [2, 3]
+    assert info["fp32_size_mb"] > info["qdq_size_mb"]
+    for path in (exported / "model.onnx", exported / "model.qdq.onnx"):
+        session = make_session(path)
+        for frames in (1, 4):
+            out = session.run(None, {"images": np.random.default_rng(frames).random((frames, 3, 42, 56), np.float32)})
+            assert out[0].shape == (1, frames, 9) and out[1].shape == (1, frames, 42, 56, 1)
+            assert all(np.isfinite(o).all() for o in out)
+
+
+def test_the_plan_quantizes_the_block_linears_and_leaves_the_rest_float(exported):
+    report = json.loads((exported / "report.json").read_text())
+    assert report["calibration"]["exclude_tokens"] == {"first": 5, "period": "frame"}
+    by_precision = {}
+    for layer in report["layers"]:
+        by_precision.setdefault(layer["precision"], []).append(layer["layer"])
+    assert by_precision["int8"] and all(".frame_blocks." in n or ".global_blocks." in n for n in by_precision["int8"])
+    assert {n.rsplit(".", 1)[-1] for n in by_precision["int8"]} == {"qkv", "proj", "fc1", "fc2"}
+    assert any(n.startswith("aggregator.patch_embed.") for n in by_precision["bf16"])
+    assert any(n.startswith("point_head.") for n in by_precision["bf16"])
+
+
+def test_tensorrt_flavour_passes_the_rules_and_the_10_3_operator_list(tmp_path):
+    result = CliRunner().invoke(main, ["export-vggt1b", "--config", "vggt_1b_tiny", "--image-size", "56",
+                                       "--plan", "vggt1b-int8-trt", "-o", str(tmp_path / "trt")])
+    assert result.exit_code == 0, result.output
+    qdq = onnx.load(str(tmp_path / "trt" / "model.qdq.onnx"))
+    assert validate_tensorrt(qdq) == []
+    assert json.loads((tmp_path / "trt" / "report.json").read_text())["tensorrt_validation"] == "passed"
+
+
+def test_eval_geometry_reports_fidelity_and_says_weights_are_random(exported):
+    result = CliRunner().invoke(main, ["eval-geometry", "--onnx", str(exported / "model.qdq.onnx"),
+                                       "--sequences", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output.strip().splitlines()[-1])
+    assert data["weights"] == "random" and "only the fidelity" in data["note"]
+    fid = data["fidelity"]
+    assert 0 <= fid["depth_abs_rel"] < 0.05 and fid["depth_delta_1.25"] > 0.95
+    assert np.isfinite(fid["camera_rotation_deg"]) and fid["point_error_rel"] < 0.5
+    same = CliRunner().invoke(main, ["eval-geometry", "--onnx", str(exported / "model.onnx"),
+                                     "--reference", str(exported / "model.onnx")])
+    assert same.exit_code == 2 and "is the file being evaluated" in same.output
+
+
+def test_image_size_errors_name_the_fix():
+    assert parse_image_size("518x294") == (294, 518) and parse_image_size("224") == (224, 224)
+    with pytest.raises(UserError, match="multiples of the patch size 14"):
+        parse_image_size("500")
+    with pytest.raises(UserError, match="WIDTHxHEIGHT"):
+        parse_image_size("big")

@@ -1,0 +1,142 @@
+"""VGGT-1B (PyTorch port, `vggt_deploy.model.vggt1b`) -> FP32 ONNX with a dynamic frame count.
+
+The contract: one input ``images`` [S, 3, H, W] float32 RGB in [0, 1] (the model
+normalises inside), S dynamic, H and W multiples of 14 fixed at export; five
+named outputs ``pose_enc`` [1, S, 9], ``depth`` [1, S, H, W, 1], ``depth_conf``
+[1, S, H, W], ``world_points`` [1, S, H, W, 3], ``world_points_conf`` [1, S, H, W].
+RoPE, the DINO position-embedding resize and the DPT position tables are
+constants of the fixed H, W, so the graph has no If, Loop or sequence op, and no
+autocast. Every node keeps its module path (``aggregator.frame_blocks.3.attn.qkv``)
+for the plan. Metadata: the config (JSON), the tokens per frame (camera +
+registers + patches, for ``calibration.exclude_tokens: {period: frame}``), the
+preprocessing and the weights' hash. ONNX Runtime is checked against PyTorch on
+two frame counts before the file is kept; files above 2 GB use external data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vggt_deploy.export.onnx_export import OPSET, simplify_keeping_scopes
+from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, TWO_GB, set_metadata
+from vggt_deploy.model.vggt1b.layers import Attention
+from vggt_deploy.model.vggt1b.model import OUTPUT_NAMES, VGGT1B
+
+INPUT_NAME = "images"
+MAX_FRAMES = 1024
+TOLERANCE = 1e-3  # max |ORT - PyTorch| relative to each output's largest magnitude
+
+
+def parse_image_size(text: str, patch: int = 14) -> tuple[int, int]:
+    """``518`` or ``518x294`` (width x height) -> (height, width), both multiples of `patch`."""
+    from vggt_deploy.errors import UserError
+
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) <= 0:
+        raise UserError(f"--image-size {text!r}: expected WIDTH or WIDTHxHEIGHT, e.g. 518 or 518x294")
+    width, height = parts[0], parts[-1]
+    if width % patch or height % patch:
+        raise UserError(f"--image-size {text!r}: width and height must be multiples of the patch size {patch} "
+                        f"(e.g. {width // patch * patch or patch}x{height // patch * patch or patch})")
+    return height, width
+
+
+def tokens_per_frame(model: VGGT1B, height: int, width: int) -> int:
+    cfg = model.cfg
+    return cfg.patch_start_idx + (height // cfg.patch_size) * (width // cfg.patch_size)
+
+
+def metadata(model: VGGT1B, height: int, width: int, weights_sha256: str = "") -> dict[str, str]:
+    cfg = model.cfg
+    return {
+        "vggt.model": cfg.name,
+        "vggt.architecture": "vggt1b",
+        "vggt.config": json.dumps(dataclasses.asdict(cfg)),
+        "vggt.weights_sha256": weights_sha256,
+        "vggt.image_hw": json.dumps([height, width]),
+        TOKENS_PER_FRAME_KEY: str(tokens_per_frame(model, height, width)),
+        "vggt.preprocess": json.dumps({"size": height if height == width else None, "height": height, "width": width,
+                                       "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "channel_order": "rgb",
+                                       "layout": "SCHW", "range": "[0, 1]"}),
+        "vggt.inputs": json.dumps([INPUT_NAME]),
+        "vggt.outputs": json.dumps(list(OUTPUT_NAMES)),
+    }
+
+
+def trace_vggt1b(model: VGGT1B, images: torch.Tensor) -> onnx.ModelProto:
+    """The dynamo export with a dynamic frame axis, plain attention maths (every MatMul visible)."""
+    frames = torch.export.Dim("frames", min=1, max=MAX_FRAMES)
+    previous, Attention.fused_attn = Attention.fused_attn, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (images,), dynamo=True, opset_version=OPSET, verbose=False,
+                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes=({0: frames},))
+    finally:
+        Attention.fused_attn = previous
+    return program.model_proto
+
+
+def compare_with_torch(model: VGGT1B, onnx_model: onnx.ModelProto, inputs: list[np.ndarray]) -> dict[str, float]:
+    """Largest |ORT - PyTorch| per output over `inputs` (frame stacks), relative to the output's magnitude."""
+    from vggt_deploy.backends.onnxruntime.session import make_session
+
+    with tempfile.TemporaryDirectory(prefix="vggt1b-check.") as tmp:
+        if onnx_model.ByteSize() >= TWO_GB:  # protobuf cannot serialise it whole: through external data
+            path = Path(tmp) / "model.onnx"
+            onnx.save(onnx_model, str(path), save_as_external_data=True, location="model.onnx.data")
+            session = make_session(path)
+        else:
+            session = make_session(onnx_model.SerializeToString())
+        return _worst_diffs(model, session, inputs)
+
+
+def _worst_diffs(model: VGGT1B, session, inputs: list[np.ndarray]) -> dict[str, float]:
+    worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    for images in inputs:
+        got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})
+        with torch.no_grad():
+            want = model(torch.from_numpy(images))
+        for name, g, w in zip(OUTPUT_NAMES, got, want):
+            w = w.numpy()
+            if g.shape != w.shape:
+                raise RuntimeError(f"exported {name} has shape {g.shape}, PyTorch {w.shape}")
+            worst[name] = max(worst[name], float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-6)))
+    return worst
+
+
+def export_vggt1b(model: VGGT1B, check_inputs: list[np.ndarray], weights_sha256: str = "") -> tuple[onnx.ModelProto, dict]:
+    """Trace, simplify (module paths kept), annotate and check; the FP32 model and the check's numbers.
+
+    `check_inputs` are frame stacks [S, 3, H, W] of one image size with at least two frame counts, so
+    the dynamic axis is exercised; the first one is traced.
+    """
+    model = model.eval()
+    height, width = check_inputs[0].shape[-2:]
+    traced = trace_vggt1b(model, torch.from_numpy(check_inputs[0]))
+    slim = simplify_keeping_scopes(traced)
+    del traced
+    set_metadata(slim, metadata(model, height, width, weights_sha256))
+    ops = {n.op_type for n in slim.graph.node}
+    forbidden = ops & {"If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "ConcatFromSequence",
+                       "SplitToSequence"}
+    if forbidden:
+        raise RuntimeError(f"the VGGT-1B graph holds {sorted(forbidden)}, which TensorRT's parser rejects")
+    diffs = compare_with_torch(model, slim, check_inputs)
+    bad = {k: v for k, v in diffs.items() if v > TOLERANCE}
+    if bad:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch: {bad} (relative, tolerance {TOLERANCE})")
+    return slim, {"max_rel_diff_vs_torch": diffs, "frames_checked": [len(x) for x in check_inputs],
+                  "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops)}
