@@ -84,3 +84,18 @@ def test_image_size_errors_name_the_fix():
         parse_image_size("500")
     with pytest.raises(UserError, match="WIDTHxHEIGHT"):
         parse_image_size("big")
+
+
+def test_sensitivity_units_are_per_block(exported):
+    from vggt_deploy.graph.layers import find_layers
+    from vggt_deploy.quant.plan import Rule
+    from vggt_deploy.tuning.units import model_units
+
+    layers = find_layers(onnx.load(str(exported / "model.onnx")))
+    units = {u.name: u for u in model_units(layers, "block")}
+    assert {"frame.0", "frame.1", "global.0", "global.1", "patch_embed", "heads"} <= set(units)
+    for unit in units.values():
+        if not unit.attention:  # each pattern selects exactly its unit's layers
+            chosen = {l.name for l in layers if Rule(unit.pattern, {}, 0).matches(l.name) and not l.is_attention_matmul}
+            assert chosen == set(unit.layers), unit.name
+    assert all(n.startswith(("camera_head.", "depth_head.", "point_head.")) for n in units["heads"].layers)

@@ -8,6 +8,8 @@ as a whole:
   grounding-token initialisation, and ``attention_matmuls`` (every Q·Kᵀ and
   attention·V matmul in the model, which plans leave float unless
   ``attention_matmuls: true``);
+  VGGT-1B: ``frame.N`` and ``global.N`` per aggregator block, ``patch_embed`` (the DINO
+  trunk) and ``heads`` (camera, depth and point heads);
 - ``layer`` units: every MatMul/Gemm/Conv on its own (``blocks.3.attn.q``).
 
 `unit_plan` turns "these units quantized, the rest float" into an ordinary
@@ -45,11 +47,25 @@ class Unit:
     attention: bool = False  # made of activation-only attention matmuls
 
 
-def _block_of(layer: Layer) -> str:
-    parts = layer.name.split("#")[0].split(".")
-    if parts[0] in _STAGED and len(parts) > 1:
-        return ".".join(parts[:2])
-    return parts[0]
+# VGGT-1B (model/vggt1b) as QuantVGGT analyses it: one unit per frame and per global block, the DINO
+# patch embedding, and the three heads together. (name, pattern) from a layer-name match.
+_VGGT1B_UNITS = (
+    (re.compile(r"aggregator\.(frame|global)_blocks\.(\d+)\."),
+     lambda m: (f"{m[1]}.{m[2]}", f"aggregator.{m[1]}_blocks.{m[2]}.*")),
+    (re.compile(r"aggregator\.patch_embed\."), lambda m: ("patch_embed", "aggregator.patch_embed.*")),
+    (re.compile(r"(camera|depth|point)_head\."), lambda m: ("heads", r"re:(camera|depth|point)_head\..*")),
+)
+
+
+def _block_of(layer: Layer) -> tuple[str, str]:
+    """The block unit's name and pattern for a layer."""
+    name = layer.name.split("#")[0]
+    for regex, unit in _VGGT1B_UNITS:
+        if (m := regex.match(name)) is not None:
+            return unit(m)
+    parts = name.split(".")
+    block = ".".join(parts[:2]) if parts[0] in _STAGED and len(parts) > 1 else parts[0]
+    return block, f"{block}.*"
 
 
 def model_units(layers: list[Layer], kind: str) -> list[Unit]:
@@ -59,11 +75,15 @@ def model_units(layers: list[Layer], kind: str) -> list[Unit]:
     if kind == "layer":
         return [Unit(l.name, (l.name,), _exact(l.name), attention=l.is_attention_matmul) for l in layers]
     groups: dict[str, list[str]] = {}
+    patterns = {ATTENTION_UNIT: ATTENTION_PATTERN}
     for layer in layers:
-        key = ATTENTION_UNIT if layer.is_attention_matmul else _block_of(layer)
+        if layer.is_attention_matmul:
+            key = ATTENTION_UNIT
+        else:
+            key, patterns[key] = _block_of(layer)
         groups.setdefault(key, []).append(layer.name)
-    return [Unit(name, tuple(names), ATTENTION_PATTERN if name == ATTENTION_UNIT else f"{name}.*",
-                 attention=name == ATTENTION_UNIT) for name, names in groups.items()]
+    return [Unit(name, tuple(names), patterns[name], attention=name == ATTENTION_UNIT)
+            for name, names in groups.items()]
 
 
 def _exact(name: str) -> str:
