@@ -20,9 +20,12 @@ import numpy as np
 
 def probe(spec: dict) -> float:
     """Run the target described by `spec` once; peak RSS in MB."""
-    size, dim, queries = spec["image_size"], spec["ground_dim"], spec["num_queries"]
-    feeds = {"images": np.zeros((spec["batch"], 3, size, size), np.float32),
-             "query_embeds": np.zeros((queries, dim), np.float32)}
+    if "input_shapes" in spec:  # any model: {input name: shape}, zeros
+        feeds = {name: np.zeros(shape, np.float32) for name, shape in spec["input_shapes"].items()}
+    else:  # the grounding VGGT contract
+        size, dim, queries = spec["image_size"], spec["ground_dim"], spec["num_queries"]
+        feeds = {"images": np.zeros((spec["batch"], 3, size, size), np.float32),
+                 "query_embeds": np.zeros((queries, dim), np.float32)}
     if spec["backend"] == "torch":
         from vggt_deploy.backends.torch.runner import TorchRunner
 
