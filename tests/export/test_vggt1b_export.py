@@ -99,3 +99,14 @@ def test_sensitivity_units_are_per_block(exported):
             chosen = {l.name for l in layers if Rule(unit.pattern, {}, 0).matches(l.name) and not l.is_attention_matmul}
             assert chosen == set(unit.layers), unit.name
     assert all(n.startswith(("camera_head.", "depth_head.", "point_head.")) for n in units["heads"].layers)
+
+
+def test_eval_geometry_against_the_pytorch_reference(exported):
+    # Random weights are seeded, so the PyTorch port rebuilt here is the model that was exported.
+    fp32 = CliRunner().invoke(main, ["eval-geometry", "--onnx", str(exported / "model.onnx"), "--model",
+                                     "vggt_1b_tiny", "--sequences", "1", "--json"])
+    assert fp32.exit_code == 0, fp32.output
+    fid = json.loads(fp32.output.strip().splitlines()[-1])["fidelity"]
+    assert fid["depth_abs_rel"] < 1e-4 and fid["point_error_rel"] < 1e-4 and fid["camera_rotation_deg"] < 0.05
+    wrong = CliRunner().invoke(main, ["eval-geometry", "--onnx", str(exported / "model.onnx"), "--model", "vggt_1b"])
+    assert wrong.exit_code == 2 and "pass the matching --model" in wrong.output

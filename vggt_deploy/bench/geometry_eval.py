@@ -33,8 +33,8 @@ def image_hw(meta: dict[str, str], path: Path) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def runner_fn(path: Path, runtime: str) -> tuple[Callable[[np.ndarray], dict], dict[str, str]]:
-    """An `images -> {output: array}` function for one file, and the file's metadata."""
+def runner_fn(path: Path, runtime: str, activate: bool = True) -> tuple[Callable[[np.ndarray], dict] | None, dict]:
+    """An `images -> {output: array}` function for one file (None unless `activate`), and the file's metadata."""
     if runtime == "openvino":
         from vggt_deploy.backends.openvino.runner import OvRunner
 
@@ -51,8 +51,29 @@ def runner_fn(path: Path, runtime: str) -> tuple[Callable[[np.ndarray], dict], d
             meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         except Exception as exc:  # noqa: BLE001 - onnx raises many types
             raise UserError(f"{path}: not a valid ONNX model ({exc})") from None
+        if not activate:
+            return None, meta
         runner = OrtRunner(path, name=path.name).activate()
     return (lambda images: runner.infer({"images": images})), meta
+
+
+def torch_fn(config: str, weights: Path | None, model_path: Path) -> tuple[Callable[[np.ndarray], dict], dict[str, str]]:
+    """The PyTorch port as a reference runner (FP32), with metadata like an export's."""
+    import torch
+
+    from vggt_deploy.model.vggt1b.io import create_vggt1b, load_vggt1b_weights
+    from vggt_deploy.model.vggt1b.model import OUTPUT_NAMES
+
+    model = create_vggt1b(config)
+    if weights is not None:
+        load_vggt1b_weights(model, weights)
+
+    @torch.no_grad()
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: t.numpy() for n, t in zip(OUTPUT_NAMES, model(torch.from_numpy(images)))}
+
+    _, meta = runner_fn(model_path, "onnxruntime", activate=False)
+    return run, meta
 
 
 def ground_truth_metrics(out: dict[str, np.ndarray], seq) -> dict[str, float]:
@@ -61,17 +82,29 @@ def ground_truth_metrics(out: dict[str, np.ndarray], seq) -> dict[str, float]:
     return {**{f"depth_{k}": v for k, v in depth.items()}, **{f"camera_{k}": v for k, v in cams.items()}}
 
 
-def evaluate_geometry(model: Path, reference: Path, runtime: str = "onnxruntime", sequences: int = 4,
-                      frames: int = 2, progress: bool = True) -> dict:
-    """Fidelity of `model` against `reference` (FP32) and both against ground truth, on eval sequences."""
+def evaluate_geometry(model: Path, reference: Path | None, runtime: str = "onnxruntime", sequences: int = 4,
+                      frames: int = 2, progress: bool = True, torch_reference: tuple[str, Path | None] | None = None
+                      ) -> dict:
+    """Fidelity of `model` against `reference` (FP32) and both against ground truth, on eval sequences.
+
+    With `torch_reference` (config name, weights or None) the reference is the PyTorch port in FP32
+    instead of an FP32 export.
+    """
     from tqdm import tqdm
 
     from vggt_deploy.data.multiview import MV_SPLIT_SEEDS, MultiViewConfig, generate_sequence, sequence_tensor
 
     run, meta = runner_fn(model, runtime)
-    run_ref, ref_meta = runner_fn(reference, runtime)
+    if torch_reference is not None:
+        run_ref, ref_meta = torch_fn(*torch_reference, model)
+        reference = f"PyTorch {torch_reference[0]} ({torch_reference[1] or 'random weights'})"
+        if meta.get("vggt.model") != torch_reference[0]:
+            raise UserError(f"{model} was exported from {meta.get('vggt.model')}, not {torch_reference[0]}; "
+                            "pass the matching --model")
+    else:
+        run_ref, ref_meta = runner_fn(reference, runtime)
     hw = image_hw(meta, model)
-    if image_hw(ref_meta, reference) != hw:
+    if torch_reference is None and image_hw(ref_meta, reference) != hw:
         raise UserError(f"{model} takes {hw[1]}x{hw[0]} images but {reference} takes "
                         f"{image_hw(ref_meta, reference)[1]}x{image_hw(ref_meta, reference)[0]}; export both alike")
     fid, gt_model, gt_ref = [], [], []

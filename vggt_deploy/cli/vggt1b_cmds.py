@@ -64,25 +64,37 @@ def export_vggt1b_cmd(config, weights, image_size, frames, plan_value, target, o
               help="The VGGT-1B ONNX to evaluate (usually model.qdq.onnx of export-vggt1b).")
 @click.option("--reference", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The FP32 reference (default: model.onnx beside --onnx).")
+@click.option("--model", "model_config", type=click.Choice(list_vggt1b_configs()), default=None,
+              help="Instead of --reference: the PyTorch port in FP32 (this config, with --weights) is the reference.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --model: the checkpoint the export was made from (default: random weights, as exported).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True)
 @click.option("--sequences", type=click.IntRange(1), default=4, show_default=True,
               help="Synthetic multi-view evaluation sequences.")
 @click.option("--frames", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def eval_geometry_cmd(onnx_file, reference, runtime, sequences, frames, as_json) -> None:
+def eval_geometry_cmd(onnx_file, reference, model_config, weights, runtime, sequences, frames, as_json) -> None:
     """Fidelity to FP32 (depth AbsRel and δ<1.25, confidence-weighted point error, camera angle errors)
     and accuracy against the synthetic ground truth (meaningful for trained weights only)."""
     from vggt_deploy.bench.geometry_eval import evaluate_geometry
     from vggt_deploy.errors import UserError
 
-    reference = reference or onnx_file.with_name("model.onnx")
-    if reference.resolve() == onnx_file.resolve():
-        raise UserError(f"--reference {reference} is the file being evaluated; give the FP32 model.onnx")
-    result = evaluate_geometry(onnx_file, reference, runtime, sequences, frames, progress=not as_json)
+    if model_config is not None:
+        if reference is not None:
+            raise UserError("--model and --reference both name the reference: give one")
+        result = evaluate_geometry(onnx_file, None, runtime, sequences, frames, progress=not as_json,
+                                   torch_reference=(model_config, weights))
+    else:
+        if weights is not None:
+            raise UserError("--weights goes with --model (the PyTorch reference)")
+        reference = reference or onnx_file.with_name("model.onnx")
+        if reference.resolve() == onnx_file.resolve():
+            raise UserError(f"--reference {reference} is the file being evaluated; give the FP32 model.onnx")
+        result = evaluate_geometry(onnx_file, reference, runtime, sequences, frames, progress=not as_json)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{onnx_file} vs {reference} ({runtime}, {sequences} sequences x {frames} frames, "
+    click.echo(f"{onnx_file} vs {result['reference']} ({runtime}, {sequences} sequences x {frames} frames, "
                f"{result['image_hw'][1]}x{result['image_hw'][0]})")
     for key, value in result["fidelity"].items():
         click.echo(f"  fidelity     {key:>20}: {value:.5f}")

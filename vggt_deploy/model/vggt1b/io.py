@@ -41,11 +41,17 @@ class LoadReport:
     dropped_track_head_keys: int
 
 
-def create_vggt1b(cfg: VGGT1BConfig | str = "vggt_1b") -> VGGT1B:
-    """A VGGT1B in eval mode with fresh (untrained) weights; `cfg` may be a registry name."""
+def create_vggt1b(cfg: VGGT1BConfig | str = "vggt_1b", seed: int = 0) -> VGGT1B:
+    """A VGGT1B in eval mode with fresh (untrained) weights; `cfg` may be a registry name.
+
+    The random weights are a function of `seed` (the global RNG is left as it was), so an export made
+    without a checkpoint and a PyTorch reference built later hold the same model.
+    """
     if isinstance(cfg, str):
         cfg = get_vggt1b_config(cfg)
-    return VGGT1B(cfg).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return VGGT1B(cfg).eval()
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
