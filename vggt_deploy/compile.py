@@ -178,7 +178,7 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     in use. Files above 2 GB are written with external data (``*.onnx.data``) beside them.
     """
     from vggt_deploy.data.multiview import MultiViewConfig, sequence_tensor, split_sequences
-    from vggt_deploy.export.vggt1b_export import export_vggt1b
+    from vggt_deploy.export.vggt1b_export import config_is_large, export_vggt1b, is_large
     from vggt_deploy.fileio import sha256_file
     from vggt_deploy.model.vggt1b.io import create_vggt1b, load_vggt1b_weights
 
@@ -188,12 +188,18 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
         raise UserError(f"{plan.source}: calibration.input does not apply to VGGT-1B, which calibrates on "
                         "multi-view sequences (its input is frames in [0, 1])")
     height, width = image_hw
+    if plan is not None and config_is_large(config):  # refused before the model is built or anything is read
+        raise UserError(f"{config}: quantizing a graph above 2 GB is not supported yet (the quantizer keeps whole "
+                        "copies of the model in memory, 4.8 GB each for VGGT-1B); export the FP32 graph without "
+                        "--plan, or quantize a smaller config")
     model = create_vggt1b(config)
     sha = ""
     if weights is not None:
         load_vggt1b_weights(model, weights)
         sha = sha256_file(weights)
     check = sequence_tensor(split_sequences("eval", 1, MultiViewConfig(height, width, frames + 1))[0])
+    if is_large(model):
+        return _export_vggt1b_large(model, config, out_dir, (height, width), weights, sha, [check[:frames], check])
     fp32, info = export_vggt1b(model, [check[:frames], check], sha)
     del model  # the graph holds the weights now; at full size that is 5 GB less
     resolved = resolve_plan(plan, fp32) if plan is not None else None
@@ -211,6 +217,23 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
             info["calibration"] = f"{len(calib)} multi-view sequences of {frames} frames (synthetic calib split)"
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
+
+
+def _export_vggt1b_large(model, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
+                         sha: str, check: list[np.ndarray]) -> ExportOutputs:
+    """The FP32 export of a model above 2 GB, streamed to external data (see `export_vggt1b_to_file`).
+
+    (`export_vggt1b_model` refuses a plan for it before any work: the quantizer holds whole copies of the
+    model in memory, which for VGGT-1B, 4.8 GB each, do not fit a 24 GB machine yet.)
+    """
+    from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file
+
+    with _output_folder(out_dir, VGGT1B_FILES[:3]) as tmp:
+        info = export_vggt1b_to_file(model, check, tmp / "model.onnx", sha)
+        info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
+                    image_hw=list(image_hw), fp32_size_mb=_onnx_mb(tmp / "model.onnx"))
+        atomic_write_json(tmp / "export.json", info)
+    return ExportOutputs(out_dir / "model.onnx", None, None, info)
 
 
 def _onnx_mb(path: Path) -> float:

@@ -110,3 +110,28 @@ def test_eval_geometry_against_the_pytorch_reference(exported):
     assert fid["depth_abs_rel"] < 1e-4 and fid["point_error_rel"] < 1e-4 and fid["camera_rotation_deg"] < 0.05
     wrong = CliRunner().invoke(main, ["eval-geometry", "--onnx", str(exported / "model.onnx"), "--model", "vggt_1b"])
     assert wrong.exit_code == 2 and "pass the matching --model" in wrong.output
+
+
+def test_streamed_export_writes_weights_as_external_data(tmp_path):
+    # The path VGGT-1B at full size takes (above 2 GB), exercised on the tiny config.
+    from vggt_deploy.data.multiview import MultiViewConfig, sequence_tensor, split_sequences
+    from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file, is_large
+    from vggt_deploy.model.vggt1b.io import create_vggt1b
+
+    model = create_vggt1b("vggt_1b_tiny")
+    assert not is_large(model)
+    frames = sequence_tensor(split_sequences("eval", 1, MultiViewConfig(42, 56, 3))[0])
+    path = tmp_path / "model.onnx"
+    info = export_vggt1b_to_file(model, [frames[:2], frames], path)
+    assert (tmp_path / "model.onnx.data").stat().st_size > path.stat().st_size  # the weights are outside the graph
+    assert max(info["max_rel_diff_vs_torch"].values()) < 1e-3 and not info["simplified"]
+    graph = onnx.load(str(path), load_external_data=False)
+    assert get_metadata(graph)[TOKENS_PER_FRAME_KEY] == "17"
+    out = make_session(path).run(None, {"images": frames[:1]})
+    assert out[0].shape == (1, 1, 9)
+
+
+def test_quantizing_a_graph_above_2_gb_is_refused_before_any_work(tmp_path):
+    result = CliRunner().invoke(main, ["export-vggt1b", "--plan", "vggt1b-int8", "-o", str(tmp_path / "big")])
+    assert result.exit_code == 2 and "above 2 GB is not supported yet" in result.output
+    assert not (tmp_path / "big").exists()

@@ -76,6 +76,11 @@ def metadata(model: VGGT1B, height: int, width: int, weights_sha256: str = "") -
 
 def trace_vggt1b(model: VGGT1B, images: torch.Tensor) -> onnx.ModelProto:
     """The dynamo export with a dynamic frame axis, plain attention maths (every MatMul visible)."""
+    return _export_program(model, images).model_proto
+
+
+def _export_program(model: VGGT1B, images: torch.Tensor):
+    """The `torch.onnx.ONNXProgram` (weights still the PyTorch tensors)."""
     frames = torch.export.Dim("frames", min=1, max=MAX_FRAMES)
     previous, Attention.fused_attn = Attention.fused_attn, False
     try:
@@ -86,7 +91,7 @@ def trace_vggt1b(model: VGGT1B, images: torch.Tensor) -> onnx.ModelProto:
                                         dynamic_shapes=({0: frames},))
     finally:
         Attention.fused_attn = previous
-    return program.model_proto
+    return program
 
 
 def compare_with_torch(model: VGGT1B, onnx_model: onnx.ModelProto, inputs: list[np.ndarray]) -> dict[str, float]:
@@ -117,6 +122,59 @@ def _worst_diffs(model: VGGT1B, session, inputs: list[np.ndarray]) -> dict[str, 
     return worst
 
 
+def is_large(model: VGGT1B) -> bool:
+    """Weights of 2 GB or more: one protobuf cannot hold them, so the export streams them to external data."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) >= TWO_GB
+
+
+def config_is_large(config: str) -> bool:
+    """`is_large` of a registered config, built on the meta device (no memory, no time)."""
+    from vggt_deploy.model.vggt1b.config import get_vggt1b_config
+
+    with torch.device("meta"):
+        return is_large(VGGT1B(get_vggt1b_config(config)))
+
+
+def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: Path, weights_sha256: str = "") -> dict:
+    """The export of a model above 2 GB, written to `path` with its weights in ``path.name + '.data'``.
+
+    The weights go from the PyTorch tensors to the data file one by one (`ONNXProgram.save` with external
+    data), never as one protobuf: the full VGGT-1B exports in about the memory of the model itself. The
+    graph is not simplified (onnxslim would load every weight); module paths are the exporter's own.
+    Checked like `export_vggt1b`, from the file.
+    """
+    from vggt_deploy.backends.onnxruntime.session import make_session
+
+    model = model.eval()
+    height, width = check_inputs[0].shape[-2:]
+    program = _export_program(model, torch.from_numpy(check_inputs[0]))
+    program.save(str(path), external_data=True)
+    del program
+    graph = onnx.load(str(path), load_external_data=False)  # the graph only; weights stay in the data file
+    set_metadata(graph, metadata(model, height, width, weights_sha256))
+    onnx.save(graph, str(path))  # external references are kept as they are
+    ops = {n.op_type for n in graph.graph.node}
+    del graph
+    _refuse_control_flow(ops)
+    diffs = _worst_diffs(model, make_session(path), check_inputs)
+    _check_diffs(diffs)
+    return {"max_rel_diff_vs_torch": diffs, "frames_checked": [len(x) for x in check_inputs],
+            "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops), "simplified": False}
+
+
+def _refuse_control_flow(ops: set[str]) -> None:
+    forbidden = ops & {"If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "ConcatFromSequence",
+                       "SplitToSequence"}
+    if forbidden:
+        raise RuntimeError(f"the VGGT-1B graph holds {sorted(forbidden)}, which TensorRT's parser rejects")
+
+
+def _check_diffs(diffs: dict[str, float]) -> None:
+    bad = {k: v for k, v in diffs.items() if v > TOLERANCE}
+    if bad:
+        raise RuntimeError(f"ONNX Runtime differs from PyTorch: {bad} (relative, tolerance {TOLERANCE})")
+
+
 def export_vggt1b(model: VGGT1B, check_inputs: list[np.ndarray], weights_sha256: str = "") -> tuple[onnx.ModelProto, dict]:
     """Trace, simplify (module paths kept), annotate and check; the FP32 model and the check's numbers.
 
@@ -130,13 +188,8 @@ def export_vggt1b(model: VGGT1B, check_inputs: list[np.ndarray], weights_sha256:
     del traced
     set_metadata(slim, metadata(model, height, width, weights_sha256))
     ops = {n.op_type for n in slim.graph.node}
-    forbidden = ops & {"If", "Loop", "Scan", "SequenceConstruct", "SequenceAt", "ConcatFromSequence",
-                       "SplitToSequence"}
-    if forbidden:
-        raise RuntimeError(f"the VGGT-1B graph holds {sorted(forbidden)}, which TensorRT's parser rejects")
+    _refuse_control_flow(ops)
     diffs = compare_with_torch(model, slim, check_inputs)
-    bad = {k: v for k, v in diffs.items() if v > TOLERANCE}
-    if bad:
-        raise RuntimeError(f"ONNX Runtime differs from PyTorch: {bad} (relative, tolerance {TOLERANCE})")
+    _check_diffs(diffs)
     return slim, {"max_rel_diff_vs_torch": diffs, "frames_checked": [len(x) for x in check_inputs],
                   "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops)}
