@@ -34,6 +34,8 @@ ANALYSIS_SECTIONS = [
      "python bench/ablations/grounding_tokens.py train && python bench/ablations/grounding_tokens.py report"),
     ("limitations_size", "## Limitation: small objects", "python bench/ablations/limitations.py"),
     ("limitations_domain", "## Limitation: domain shift and recalibration", "python bench/ablations/limitations.py"),
+    ("vggt1b", "## Meta's VGGT-1B at full size on this CPU (random weights; int8 not yet: the quantizer above 2 GB)",
+     "vggt-deploy export-vggt1b --image-size 224 -o build/vggt1b && python bench/vggt1b_bench.py --export build/vggt1b"),
 ]
 
 
