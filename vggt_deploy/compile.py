@@ -169,16 +169,18 @@ def _static_side(model: onnx.ModelProto, name: str, path: Path) -> int:
 
 
 def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], plan: QdqPlan | None = None,
-                        weights: Path | None = None, frames: int = 2, cache_dir: Path | None = None) -> ExportOutputs:
+                        weights: Path | None = None, frames: int = 2, cache_dir: Path | None = None,
+                        stream: bool | None = None) -> ExportOutputs:
     """Meta's VGGT-1B (the port; `weights` the public checkpoint, else random) -> FP32 ONNX (+ QDQ with `plan`).
 
     The FP32 graph takes ``images`` [S, 3, H, W] with S dynamic (`export.vggt1b_export`). Calibration
     feeds whole sequences of `frames` frames from the multi-view calibration split (``num_images`` of the
     plan's calibration section is the number of sequences), so global attention sees several frames as
-    in use. Files above 2 GB are written with external data (``*.onnx.data``) beside them.
+    in use. Files above 2 GB are written with external data (``*.onnx.data``) beside them; a model whose
+    weights reach 2 GB (or `stream`) is exported streamed (`_export_vggt1b_streamed`).
     """
     from vggt_deploy.data.multiview import MultiViewConfig, sequence_tensor, split_sequences
-    from vggt_deploy.export.vggt1b_export import config_is_large, export_vggt1b, is_large
+    from vggt_deploy.export.vggt1b_export import export_vggt1b, is_large
     from vggt_deploy.fileio import sha256_file
     from vggt_deploy.model.vggt1b.io import create_vggt1b, load_vggt1b_weights
 
@@ -188,25 +190,22 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
         raise UserError(f"{plan.source}: calibration.input does not apply to VGGT-1B, which calibrates on "
                         "multi-view sequences (its input is frames in [0, 1])")
     height, width = image_hw
-    if plan is not None and config_is_large(config):  # refused before the model is built or anything is read
-        raise UserError(f"{config}: quantizing a graph above 2 GB is not supported yet (the quantizer keeps whole "
-                        "copies of the model in memory, 4.8 GB each for VGGT-1B); export the FP32 graph without "
-                        "--plan, or quantize a smaller config")
     model = create_vggt1b(config)
     sha = ""
     if weights is not None:
         load_vggt1b_weights(model, weights)
         sha = sha256_file(weights)
     check = sequence_tensor(split_sequences("eval", 1, MultiViewConfig(height, width, frames + 1))[0])
-    if is_large(model):
-        return _export_vggt1b_large(model, config, out_dir, (height, width), weights, sha, [check[:frames], check])
-    fp32, info = export_vggt1b(model, [check[:frames], check], sha)
-    del model  # the graph holds the weights now; at full size that is 5 GB less
-    resolved = resolve_plan(plan, fp32) if plan is not None else None
     calib = None
     if plan is not None:
         seqs = split_sequences("calib", plan.calibration.num_images, MultiViewConfig(height, width, frames))
         calib = np.stack([sequence_tensor(s) for s in seqs])
+    if stream if stream is not None else is_large(model):
+        return _export_vggt1b_streamed(model, config, out_dir, (height, width), weights, sha, [check[:frames], check],
+                                       plan, calib, cache_dir)
+    fp32, info = export_vggt1b(model, [check[:frames], check], sha)
+    del model  # the graph holds the weights now; at full size that is 5 GB less
+    resolved = resolve_plan(plan, fp32) if plan is not None else None
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
     with _output_folder(out_dir, writes) as tmp:
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
@@ -219,21 +218,29 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
 
 
-def _export_vggt1b_large(model, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
-                         sha: str, check: list[np.ndarray]) -> ExportOutputs:
-    """The FP32 export of a model above 2 GB, streamed to external data (see `export_vggt1b_to_file`).
-
-    (`export_vggt1b_model` refuses a plan for it before any work: the quantizer holds whole copies of the
-    model in memory, which for VGGT-1B, 4.8 GB each, do not fit a 24 GB machine yet.)
-    """
+def _export_vggt1b_streamed(model, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
+                            sha: str, check: list[np.ndarray], plan: QdqPlan | None, calib: np.ndarray | None,
+                            cache_dir: Path | None) -> ExportOutputs:
+    """The export of a model above 2 GB: weights streamed to external data (`export_vggt1b_to_file`), the
+    PyTorch model dropped, then quantized from the file, so no step holds more than a few model copies."""
     from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file
 
-    with _output_folder(out_dir, VGGT1B_FILES[:3]) as tmp:
-        info = export_vggt1b_to_file(model, check, tmp / "model.onnx", sha)
+    writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
+    with _output_folder(out_dir, writes) as tmp:
+        fp32_path = tmp / "model.onnx"
+        info = export_vggt1b_to_file(model, check, fp32_path, sha)
+        del model
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
-                    image_hw=list(image_hw), fp32_size_mb=_onnx_mb(tmp / "model.onnx"))
+                    image_hw=list(image_hw), fp32_size_mb=_onnx_mb(fp32_path))
+        if plan is not None:
+            fp32 = onnx.load(str(fp32_path))
+            resolved = resolve_plan(plan, fp32)
+            qdq_path, _ = _quantize(fp32, resolved, calib, {}, "images", tmp, cache_dir, fp32_path=fp32_path)
+            del fp32
+            info["qdq_size_mb"] = _onnx_mb(qdq_path)
+            info["calibration"] = f"{len(calib)} multi-view sequences of {check[0].shape[0]} frames (synthetic calib split)"
         atomic_write_json(tmp / "export.json", info)
-    return ExportOutputs(out_dir / "model.onnx", None, None, info)
+    return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
 
 
 def _onnx_mb(path: Path) -> float:
@@ -242,11 +249,13 @@ def _onnx_mb(path: Path) -> float:
     return (path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
 
 
-def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir, fixed_ranges=None):
+def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir, fixed_ranges=None,
+              fp32_path: Path | None = None):
     from vggt_deploy.backends.tensorrt.rules import validate_tensorrt
     from vggt_deploy.quant.qdq import quantize
 
-    result = quantize(fp32, resolved, calib, feeds, image_input, cache_dir or calibration_cache_dir(), fixed_ranges)
+    result = quantize(fp32, resolved, calib, feeds, image_input, cache_dir or calibration_cache_dir(), fixed_ranges,
+                      fp32_path)
     if resolved.plan.target == "tensorrt":
         violations = validate_tensorrt(result.model)
         if violations:

@@ -131,7 +131,19 @@ def test_streamed_export_writes_weights_as_external_data(tmp_path):
     assert out[0].shape == (1, 1, 9)
 
 
-def test_quantizing_a_graph_above_2_gb_is_refused_before_any_work(tmp_path):
-    result = CliRunner().invoke(main, ["export-vggt1b", "--plan", "vggt1b-int8", "-o", str(tmp_path / "big")])
-    assert result.exit_code == 2 and "above 2 GB is not supported yet" in result.output
-    assert not (tmp_path / "big").exists()
+def test_streamed_export_quantizes_from_the_file(tmp_path):
+    # The full-size path (weights streamed to external data, quantized from the file), on the tiny config.
+    from vggt_deploy.compile import export_vggt1b_model
+    from vggt_deploy.paths import shipped_plan
+    from vggt_deploy.quant.plan import load_plan
+
+    out = export_vggt1b_model("vggt_1b_tiny", tmp_path / "big", (42, 56), load_plan(shipped_plan("vggt1b-int8")),
+                              cache_dir=tmp_path / "cache", stream=True)
+    assert (tmp_path / "big" / "model.onnx.data").is_file() and out.qdq.is_file()
+    assert out.export_info["qdq_size_mb"] < out.export_info["fp32_size_mb"]
+    report = json.loads((tmp_path / "big" / "report.json").read_text())
+    assert report["counts"]["static"] > 0 and report["calibration"]["exclude_tokens"]["period"] == "frame"
+    images = np.random.default_rng(0).random((2, 3, 42, 56), np.float32)
+    want = make_session(out.fp32).run(None, {"images": images})
+    got = make_session(out.qdq).run(None, {"images": images})
+    assert np.abs(got[1] - want[1]).max() / np.abs(want[1]).max() < 0.05  # depth stays close to FP32

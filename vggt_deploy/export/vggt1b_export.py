@@ -127,14 +127,6 @@ def is_large(model: VGGT1B) -> bool:
     return sum(p.numel() * p.element_size() for p in model.parameters()) >= TWO_GB
 
 
-def config_is_large(config: str) -> bool:
-    """`is_large` of a registered config, built on the meta device (no memory, no time)."""
-    from vggt_deploy.model.vggt1b.config import get_vggt1b_config
-
-    with torch.device("meta"):
-        return is_large(VGGT1B(get_vggt1b_config(config)))
-
-
 def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: Path, weights_sha256: str = "") -> dict:
     """The export of a model above 2 GB, written to `path` with its weights in ``path.name + '.data'``.
 

@@ -32,7 +32,7 @@ import onnx
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
-from vggt_deploy.graph.onnx_io import set_metadata
+from vggt_deploy.graph.onnx_io import TWO_GB, set_metadata
 from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, token_exclusion, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
@@ -44,6 +44,18 @@ from vggt_deploy.quant.smoothing import smooth
 class QuantResult:
     model: onnx.ModelProto
     report: dict
+
+
+def model_key(model: onnx.ModelProto) -> bytes:
+    """Bytes that identify a model for the range cache: its serialization, or above 2 GB (which protobuf
+    cannot serialize in one piece) a digest of the graph without weights and of every weight."""
+    if model.ByteSize() < TWO_GB:
+        return model.SerializeToString()
+    digest = hashlib.sha256()
+    for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import,
+                 *model.metadata_props, *model.graph.initializer):  # piece by piece: no 2 GB message
+        digest.update(part.SerializeToString())
+    return digest.hexdigest().encode()
 
 
 def weight_axis(model: onnx.ModelProto, layer: Layer) -> int:
@@ -117,11 +129,14 @@ def quantize(
     image_input: str,
     cache_dir: Path,
     fixed_ranges: dict[str, tuple[float, float]] | None = None,
+    fp32_path: Path | None = None,
 ) -> QuantResult:
     """The QDQ model of a plan resolved on `fp32` (see `resolve_plan`), plus the report of what was done.
 
     `fixed_ranges` ({tensor: (lo, hi)}, learned by quantization-aware training) replace
     calibration: they are written to a private range cache, so nothing is recalibrated.
+    `fp32_path`, the file `fp32` was read from (external data beside it), lets a model above 2 GB be
+    quantized: ONNX Runtime's quantizer reads the file instead of a second copy held in memory.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -135,8 +150,7 @@ def quantize(
         resolved = resolve_plan(plan, fp32)  # a weight shared outside a smoothed group was copied under a new name
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
-    fp32_bytes = fp32.SerializeToString()
-    ranges_file = cache_path(cache_dir, fp32_bytes, plan.calibration, plan.target)
+    ranges_file = cache_path(cache_dir, model_key(fp32), plan.calibration, plan.target)
     cache_hit = ranges_file.is_file()
     model = fp32
     with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp, _quiet_quantizer():
@@ -178,10 +192,13 @@ def quantize(
                 write_cache(ranges, decisions, ranges_file)
                 reader = None
             out = Path(tmp) / "static.onnx"
-            source = onnx.ModelProto()
-            source.CopyFrom(fp32)  # quantize_static rewrites its input to external data in place
+            if fp32_path is not None:
+                source = str(fp32_path)
+            else:
+                source = onnx.ModelProto()
+                source.CopyFrom(fp32)  # quantize_static rewrites its input to external data in place
             quantize_static(
-                source, out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
+                source, out, reader, use_external_data_format=fp32_path is not None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANT_OPS),
                 per_channel=False, activation_type=QuantType.QInt8 if trt else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, nodes_to_quantize=[l.node for l in static],
                 calibrate_method=method, calibration_cache_path=ranges_file, extra_options=extra,
