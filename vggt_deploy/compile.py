@@ -201,7 +201,9 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
         seqs = split_sequences("calib", plan.calibration.num_images, MultiViewConfig(height, width, frames))
         calib = np.stack([sequence_tensor(s) for s in seqs])
     if stream if stream is not None else is_large(model):
-        return _export_vggt1b_streamed(model, config, out_dir, (height, width), weights, sha, [check[:frames], check],
+        holder = [model]  # handed over: the callee drops the last reference before quantizing (5 GB at full size)
+        del model
+        return _export_vggt1b_streamed(holder, config, out_dir, (height, width), weights, sha, [check[:frames], check],
                                        plan, calib, cache_dir)
     fp32, info = export_vggt1b(model, [check[:frames], check], sha)
     del model  # the graph holds the weights now; at full size that is 5 GB less
@@ -218,7 +220,7 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
 
 
-def _export_vggt1b_streamed(model, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
+def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
                             sha: str, check: list[np.ndarray], plan: QdqPlan | None, calib: np.ndarray | None,
                             cache_dir: Path | None) -> ExportOutputs:
     """The export of a model above 2 GB: weights streamed to external data (`export_vggt1b_to_file`), the
@@ -226,6 +228,7 @@ def _export_vggt1b_streamed(model, config: str, out_dir: Path, image_hw: tuple[i
     from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file
 
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
+    model = holder.pop()
     with _output_folder(out_dir, writes) as tmp:
         fp32_path = tmp / "model.onnx"
         info = export_vggt1b_to_file(model, check, fp32_path, sha)

@@ -49,7 +49,11 @@ class QuantResult:
 def model_key(model: onnx.ModelProto) -> bytes:
     """Bytes that identify a model for the range cache: its serialization, or above 2 GB (which protobuf
     cannot serialize in one piece) a digest of the graph without weights and of every weight."""
-    if model.ByteSize() < TWO_GB:
+    try:
+        small = model.ByteSize() < TWO_GB
+    except Exception:  # noqa: BLE001 - protobuf (upb) refuses even to size a message far above 2 GB
+        small = False
+    if small:
         return model.SerializeToString()
     digest = hashlib.sha256()
     for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import,
