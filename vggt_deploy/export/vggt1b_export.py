@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from vggt_deploy.export.onnx_export import OPSET, simplify_keeping_scopes
-from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, TWO_GB, set_metadata
+from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, TWO_GB, over_2gb, set_metadata
 from vggt_deploy.model.vggt1b.layers import Attention
 from vggt_deploy.model.vggt1b.model import OUTPUT_NAMES, VGGT1B
 
@@ -99,7 +99,7 @@ def compare_with_torch(model: VGGT1B, onnx_model: onnx.ModelProto, inputs: list[
     from vggt_deploy.backends.onnxruntime.session import make_session
 
     with tempfile.TemporaryDirectory(prefix="vggt1b-check.") as tmp:
-        if onnx_model.ByteSize() >= TWO_GB:  # protobuf cannot serialise it whole: through external data
+        if over_2gb(onnx_model):  # protobuf cannot serialise it whole: through external data
             path = Path(tmp) / "model.onnx"
             onnx.save(onnx_model, str(path), save_as_external_data=True, location="model.onnx.data")
             session = make_session(path)

@@ -35,6 +35,14 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def over_2gb(model: onnx.ModelProto) -> bool:
+    """True when `model` cannot be one protobuf (2 GB or more); upb refuses even to size one far above it."""
+    try:
+        return model.ByteSize() >= TWO_GB
+    except Exception:  # noqa: BLE001 - google.protobuf.message.EncodeError, whichever backend raises it
+        return True
+
+
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write atomically; weights go to external data above 2 GB."""
     path = Path(path)
@@ -42,7 +50,7 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        if model.ByteSize() >= TWO_GB:
+        if over_2gb(model):
             onnx.save(model, tmp, save_as_external_data=True, location=path.name + ".data")
         else:
             onnx.save(model, tmp)
@@ -78,7 +86,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     _check_versions(model, path)
     try:
-        if model.ByteSize() >= TWO_GB:  # weights in external data: the checker must read them from disk
+        if over_2gb(model):  # weights in external data: the checker must read them from disk
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)

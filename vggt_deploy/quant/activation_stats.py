@@ -18,8 +18,7 @@ import onnx
 from tqdm import tqdm
 
 from vggt_deploy.backends.onnxruntime.session import make_session
-
-TWO_GB = 2**31 - 1
+from vggt_deploy.graph.onnx_io import over_2gb
 
 
 def _with_outputs(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
@@ -52,7 +51,7 @@ def iterate_activations(model: onnx.ModelProto, tensors: list[str], images: np.n
     """
     augmented = _with_outputs(model, tensors)
     with tempfile.TemporaryDirectory(prefix="vggt-acts.") as tmp:
-        if augmented.ByteSize() >= TWO_GB:  # protobuf cannot serialize it in one piece
+        if over_2gb(augmented):  # protobuf cannot serialize it in one piece
             path = Path(tmp) / "augmented.onnx"
             onnx.save(augmented, str(path), save_as_external_data=True, location="augmented.onnx.data")
             session = make_session(path, threads=threads, optimize=False)

@@ -32,7 +32,7 @@ import onnx
 
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
-from vggt_deploy.graph.onnx_io import TWO_GB, set_metadata
+from vggt_deploy.graph.onnx_io import over_2gb, set_metadata
 from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, token_exclusion, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
@@ -49,11 +49,7 @@ class QuantResult:
 def model_key(model: onnx.ModelProto) -> bytes:
     """Bytes that identify a model for the range cache: its serialization, or above 2 GB (which protobuf
     cannot serialize in one piece) a digest of the graph without weights and of every weight."""
-    try:
-        small = model.ByteSize() < TWO_GB
-    except Exception:  # noqa: BLE001 - protobuf (upb) refuses even to size a message far above 2 GB
-        small = False
-    if small:
+    if not over_2gb(model):
         return model.SerializeToString()
     digest = hashlib.sha256()
     for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import,
