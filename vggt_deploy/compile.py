@@ -191,6 +191,8 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
                         "multi-view sequences (its input is frames in [0, 1])")
     height, width = image_hw
     model = create_vggt1b(config)
+    if plan is not None and (stream if stream is not None else is_large(model)):
+        _check_memory_for_quantizing(model, config)  # before the weights are read or anything is traced
     sha = ""
     if weights is not None:
         load_vggt1b_weights(model, weights)
@@ -218,6 +220,29 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
             info["calibration"] = f"{len(calib)} multi-view sequences of {frames} frames (synthetic calib split)"
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
+
+
+QUANTIZE_MEMORY_FACTOR = 6  # peak memory / weight bytes when quantizing a streamed model (measured: OOM at 24.2 GB)
+
+
+def _check_memory_for_quantizing(model, config: str) -> None:
+    """Refuse, before any work, to quantize a model whose calibration and quantization cannot fit in memory.
+
+    Calibration still runs on an in-memory copy of the graph beside an ONNX Runtime session of it, and
+    ONNX Runtime's quantizer loads the model again: VGGT-1B (4.8 GB of weights) was killed at 24.2 GB
+    on a 24 GB machine. A machine with QUANTIZE_MEMORY_FACTOR times the weights available goes ahead.
+    """
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = QUANTIZE_MEMORY_FACTOR * weights
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(next(l for l in meminfo.splitlines() if l.startswith("MemAvailable:")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return  # not Linux: cannot tell, so try
+    if available < need:
+        raise UserError(f"{config}: quantizing needs about {need / 2**30:.0f} GiB of memory ({QUANTIZE_MEMORY_FACTOR}x its "
+                        f"{weights / 2**30:.1f} GiB of weights) and {available / 2**30:.0f} GiB is available; export "
+                        "the FP32 graph without --plan here, or quantize on a larger machine")
 
 
 def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,

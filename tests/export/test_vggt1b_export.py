@@ -147,3 +147,15 @@ def test_streamed_export_quantizes_from_the_file(tmp_path):
     want = make_session(out.fp32).run(None, {"images": images})
     got = make_session(out.qdq).run(None, {"images": images})
     assert np.abs(got[1] - want[1]).max() / np.abs(want[1]).max() < 0.05  # depth stays close to FP32
+
+
+def test_quantizing_beyond_the_memory_at_hand_is_refused_before_any_work(tmp_path, monkeypatch):
+    import vggt_deploy.compile as compile_mod
+    from vggt_deploy.paths import shipped_plan
+    from vggt_deploy.quant.plan import load_plan
+
+    monkeypatch.setattr(compile_mod, "QUANTIZE_MEMORY_FACTOR", 10**9)  # as if the tiny model needed petabytes
+    with pytest.raises(UserError, match="quantizing needs about .* of memory"):
+        compile_mod.export_vggt1b_model("vggt_1b_tiny", tmp_path / "out", (42, 56),
+                                        load_plan(shipped_plan("vggt1b-int8")), stream=True)
+    assert not (tmp_path / "out").exists()
