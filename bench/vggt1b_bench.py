@@ -21,6 +21,7 @@ import numpy as np
 
 from vggt_deploy.bench.memprobe import peak_rss_mb
 from vggt_deploy.bench.timing import time_alternating
+from vggt_deploy.graph.onnx_io import onnx_size_mb
 from vggt_deploy.tuning.ablations import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,11 +29,6 @@ GROUPS = {  # runtime -> {variant: (file, OpenVINO inference precision)}
     "onnxruntime": {"fp32": ("model.onnx", None), "int8": ("model.qdq.onnx", None)},
     "openvino": {"fp32": ("model.onnx", "f32"), "bf16": ("model.onnx", "bf16"), "int8": ("model.qdq.onnx", "bf16")},
 }
-
-
-def _size_mb(path: Path) -> float:
-    data = path.with_name(path.name + ".data")
-    return (path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
 
 
 def _runner(runtime: str, path: Path, precision: str | None, threads: int):
@@ -68,7 +64,7 @@ def measure(export: Path, frames: int, rounds: int, threads: int) -> list[dict]:
             s = stats[name]
             rows.append({"runtime": runtime, "variant": name, "file": file, "precision": precision or "-",
                          "p50_ms": s.p50, "ms_per_frame": s.p50 / frames, "p90_ms": s.p90,
-                         "size_mb": _size_mb(export / file), "peak_rss_mb": mem})
+                         "size_mb": onnx_size_mb(export / file), "peak_rss_mb": mem})
         fp32 = next(r for r in rows if r["runtime"] == runtime and r["variant"] == "fp32")
         for r in rows:
             if r["runtime"] == runtime:

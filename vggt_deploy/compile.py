@@ -29,7 +29,7 @@ from vggt_deploy.data.preprocess import PreprocessConfig
 from vggt_deploy.errors import UserError
 from vggt_deploy.export.onnx_export import OPSET, export_model
 from vggt_deploy.fileio import atomic_write_bytes, atomic_write_json
-from vggt_deploy.graph.onnx_io import load_onnx, save_onnx, set_metadata
+from vggt_deploy.graph.onnx_io import load_onnx, onnx_size_mb, save_onnx, set_metadata
 from vggt_deploy.outputs import OutputFolder, check_output_path
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.calibrate import calibration_tensors
@@ -213,10 +213,10 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
     with _output_folder(out_dir, writes) as tmp:
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
-                    image_hw=[height, width], fp32_size_mb=_onnx_mb(save_onnx(fp32, tmp / "model.onnx")))
+                    image_hw=[height, width], fp32_size_mb=onnx_size_mb(save_onnx(fp32, tmp / "model.onnx")))
         if plan is not None:
             qdq_path, _ = _quantize(fp32, resolved, calib, {}, "images", tmp, cache_dir)
-            info["qdq_size_mb"] = _onnx_mb(qdq_path)
+            info["qdq_size_mb"] = onnx_size_mb(qdq_path)
             info["calibration"] = f"{len(calib)} multi-view sequences of {frames} frames (synthetic calib split)"
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
@@ -259,22 +259,16 @@ def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: 
         info = export_vggt1b_to_file(model, check, fp32_path, sha)
         del model
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
-                    image_hw=list(image_hw), fp32_size_mb=_onnx_mb(fp32_path))
+                    image_hw=list(image_hw), fp32_size_mb=onnx_size_mb(fp32_path))
         if plan is not None:
             fp32 = onnx.load(str(fp32_path))
             resolved = resolve_plan(plan, fp32)
             qdq_path, _ = _quantize(fp32, resolved, calib, {}, "images", tmp, cache_dir, fp32_path=fp32_path)
             del fp32
-            info["qdq_size_mb"] = _onnx_mb(qdq_path)
+            info["qdq_size_mb"] = onnx_size_mb(qdq_path)
             info["calibration"] = f"{len(calib)} multi-view sequences of {check[0].shape[0]} frames (synthetic calib split)"
         atomic_write_json(tmp / "export.json", info)
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
-
-
-def _onnx_mb(path: Path) -> float:
-    """Size of an ONNX file with its external data, if any."""
-    data = path.with_name(path.name + ".data")
-    return (path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
 
 
 def _quantize(fp32, resolved: ResolvedPlan, calib, feeds, image_input, out_dir, cache_dir, fixed_ranges=None,

@@ -43,6 +43,13 @@ def over_2gb(model: onnx.ModelProto) -> bool:
         return True
 
 
+def onnx_size_mb(path: str | Path) -> float:
+    """Size in MB of an ONNX file with its external data (``NAME.data`` beside it), if any."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return (path.stat().st_size + (data.stat().st_size if data.is_file() else 0)) / 1e6
+
+
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write atomically; weights go to external data above 2 GB."""
     path = Path(path)

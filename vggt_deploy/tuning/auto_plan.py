@@ -138,9 +138,9 @@ def auto_plan(bench: BaseWorkbench, cfg: AutoConfig, out_path: Path, command: st
                       files=[p.name for p in summary_paths(out_path)])
     metric, budget = cfg.metric, cfg.budget
     executor = executor or LocalExecutor()
-    sens = run_sensitivity(bench, dataclasses.replace(cfg.sensitivity, metric=metric), progress=progress,
-                           executor=executor)
     rec = recipe(bench, executor)
+    sens = run_sensitivity(bench, dataclasses.replace(cfg.sensitivity, metric=metric), progress=progress,
+                           executor=executor, rec=rec)
     rows = {r.unit: r for r in sens.units}
     damage_all = sens.damage_all  # in the budget's unit: the sensitivity ran with its metric
 

@@ -125,14 +125,15 @@ def metric_damage(metric: str, reference: float, value: float) -> float:
 
 
 def run_sensitivity(bench: BaseWorkbench, cfg: SensitivityConfig, progress: bool = True,
-                    executor: Executor | None = None) -> SensitivityResult:
+                    executor: Executor | None = None, rec=None) -> SensitivityResult:
     """Measure every unit of `bench`; units ranked, most sensitive first.
 
     Variants are scored as tasks of `executor` (default: in this process, no result cache); timing is one
-    timing task, after every score is in.
+    timing task, after every score is in. `rec`: the bench's `variant_tasks.recipe` for this executor,
+    when the caller already has it (its artifacts are hashed only once).
     """
     executor = executor or LocalExecutor()
-    rec = recipe(bench, executor)
+    rec = rec or recipe(bench, executor)
     names = [u.name for u in bench.units]
     every = frozenset(names)
     variants = {"fp32": frozenset(), "all": every}
