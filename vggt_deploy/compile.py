@@ -249,7 +249,9 @@ def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: 
                             sha: str, check: list[np.ndarray], plan: QdqPlan | None, calib: np.ndarray | None,
                             cache_dir: Path | None) -> ExportOutputs:
     """The export of a model above 2 GB: weights streamed to external data (`export_vggt1b_to_file`), the
-    PyTorch model dropped, then quantized from the file, so no step holds more than a few model copies."""
+    PyTorch model dropped, then calibrated and quantized from the file (`quantize` with the graph alone),
+    so no step holds more than two copies of the weights: ONNX Runtime's session or quantizer, and the
+    quantized result."""
     from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file
 
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
@@ -261,7 +263,7 @@ def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: 
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
                     image_hw=list(image_hw), fp32_size_mb=onnx_size_mb(fp32_path))
         if plan is not None:
-            fp32 = onnx.load(str(fp32_path))
+            fp32 = onnx.load(str(fp32_path), load_external_data=False)  # the graph: weights stay in the file
             resolved = resolve_plan(plan, fp32)
             qdq_path, _ = _quantize(fp32, resolved, calib, {}, "images", tmp, cache_dir, fp32_path=fp32_path)
             del fp32

@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from vggt_deploy.export.onnx_export import OPSET, simplify_keeping_scopes
+from vggt_deploy.graph.external_data import fold_weight_transposes
 from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, TWO_GB, over_2gb, set_metadata
 from vggt_deploy.model.vggt1b.layers import Attention
 from vggt_deploy.model.vggt1b.model import OUTPUT_NAMES, VGGT1B
@@ -132,7 +133,8 @@ def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: P
 
     The weights go from the PyTorch tensors to the data file one by one (`ONNXProgram.save` with external
     data), never as one protobuf: the full VGGT-1B exports in about the memory of the model itself. The
-    graph is not simplified (onnxslim would load every weight); module paths are the exporter's own.
+    graph is not simplified (onnxslim would load every weight); module paths are the exporter's own, and
+    weights read through a Transpose are folded file to file (`fold_weight_transposes`).
     Checked like `export_vggt1b`, from the file.
     """
     from vggt_deploy.backends.onnxruntime.session import make_session
@@ -142,6 +144,7 @@ def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: P
     program = _export_program(model, torch.from_numpy(check_inputs[0]))
     program.save(str(path), external_data=True)
     del program
+    folded = fold_weight_transposes(path)  # the camera trunk's shared weights: initializers the quantizer sees
     graph = onnx.load(str(path), load_external_data=False)  # the graph only; weights stay in the data file
     set_metadata(graph, metadata(model, height, width, weights_sha256))
     onnx.save(graph, str(path))  # external references are kept as they are
@@ -151,7 +154,8 @@ def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: P
     diffs = _worst_diffs(model, make_session(path), check_inputs)
     _check_diffs(diffs)
     return {"max_rel_diff_vs_torch": diffs, "frames_checked": [len(x) for x in check_inputs],
-            "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops), "simplified": False}
+            "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops), "simplified": False,
+            "weight_transposes_folded": folded}
 
 
 def _refuse_control_flow(ops: set[str]) -> None:

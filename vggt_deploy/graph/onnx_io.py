@@ -43,6 +43,12 @@ def over_2gb(model: onnx.ModelProto) -> bool:
         return True
 
 
+def has_external_data(model: onnx.ModelProto) -> bool:
+    """True when some initializer's values are in an external data file, not in `model` (a graph read with
+    ``onnx.load(..., load_external_data=False)``); its readers need the file's folder."""
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
 def onnx_size_mb(path: str | Path) -> float:
     """Size in MB of an ONNX file with its external data (``NAME.data`` beside it), if any."""
     path = Path(path)

@@ -44,14 +44,19 @@ def feed_item(images: np.ndarray, i: int) -> np.ndarray:
 
 def iterate_activations(model: onnx.ModelProto, tensors: list[str], images: np.ndarray, image_input: str,
                         extra_feeds: dict[str, np.ndarray] | None = None, desc: str = "activations",
-                        threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                        threads: int | None = None, weights_dir: Path | None = None) -> Iterator[dict[str, np.ndarray]]:
     """For each calibration item (`feed_item`), the values of `tensors` (float32 arrays) and the graph outputs.
 
-    Graph optimizations are off so every named tensor survives as it is in the file.
+    Graph optimizations are off so every named tensor survives as it is in the file. `weights_dir`:
+    `model` is a graph without its weights (`has_external_data`), which the session reads from their
+    file in that folder; the weights are then held once, by the session (VGGT-1B: 4.8 GB, not 15).
     """
     augmented = _with_outputs(model, tensors)
     with tempfile.TemporaryDirectory(prefix="vggt-acts.") as tmp:
-        if over_2gb(augmented):  # protobuf cannot serialize it in one piece
+        if weights_dir is not None:
+            session = make_session(augmented.SerializeToString(), threads=threads, optimize=False,
+                                   weights_dir=weights_dir)
+        elif over_2gb(augmented):  # protobuf cannot serialize it in one piece
             path = Path(tmp) / "augmented.onnx"
             onnx.save(augmented, str(path), save_as_external_data=True, location="augmented.onnx.data")
             session = make_session(path, threads=threads, optimize=False)

@@ -105,8 +105,9 @@ def _rows(x: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
 
 
-def _consumers(model: onnx.ModelProto) -> dict[str, list[_Consumer]]:
-    """For every tensor read by a MatMul/Gemm/Conv, how each reader weighs its error."""
+def _consumers(model: onnx.ModelProto, weights_dir: Path | None = None) -> dict[str, list[_Consumer]]:
+    """For every tensor read by a MatMul/Gemm/Conv, how each reader weighs its error (weights read one at a
+    time, from their external data file in `weights_dir` when `model` is a graph without them)."""
     inits = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(0)
     out: dict[str, list[_Consumer]] = {}
@@ -114,7 +115,8 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[_Consumer]]:
         if node.op_type not in QUANT_OPS:
             continue
         weight = inits.get(node.input[1]) if len(node.input) > 1 else None
-        w = numpy_helper.to_array(weight).astype(np.float32) if weight is not None else None
+        w = (numpy_helper.to_array(weight, base_dir=str(weights_dir or "")).astype(np.float32)
+             if weight is not None else None)
         for i, name in enumerate(node.input[:2]):
             if not name or name in inits:
                 continue
@@ -290,15 +292,16 @@ def drop_token_rows(x: np.ndarray, first: int, period: int) -> np.ndarray:
 
 def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
                 extra_feeds: dict[str, np.ndarray] | None, symmetric: bool,
-                exclude_tokens: tuple[int, int] | None = None) -> tuple[dict, list[Decision]]:
+                exclude_tokens: tuple[int, int] | None = None,
+                weights_dir: Path | None = None) -> tuple[dict, list[Decision]]:
     """{tensor: (lo, hi)} for every input and output of a MatMul/Gemm/Conv, and the decisions.
 
     Inputs read by a MatMul/Gemm/Conv are chosen as described above; other tensors (outputs,
     which this project never re-quantizes) get their min/max. `exclude_tokens` (first, period)
     leaves special-token rows out of every token-major tensor's statistics (`drop_token_rows`;
-    Conv inputs are channel-major and kept whole).
+    Conv inputs are channel-major and kept whole). `weights_dir`: see `iterate_activations`.
     """
-    consumers = _consumers(model)
+    consumers = _consumers(model, weights_dir)
     inits = {t.name for t in model.graph.initializer}
     outputs = [o for n in model.graph.node if n.op_type in QUANT_OPS for o in n.output]
     tensors = list(dict.fromkeys([*consumers, *(o for o in outputs if o not in inits)]))
@@ -306,7 +309,8 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
     random_rows = max(4, ROW_BUDGET // max(n, 1) - TOP_ROWS)
     rng = np.random.default_rng(0)
     stats: dict[str, _Stats] = {}
-    for values in iterate_activations(model, tensors, images, image_input, extra_feeds, desc="calibrating (auto)"):
+    for values in iterate_activations(model, tensors, images, image_input, extra_feeds, desc="calibrating (auto)",
+                                      weights_dir=weights_dir):
         for name in tensors:
             x = values[name]
             if name not in stats:

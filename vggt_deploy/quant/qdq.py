@@ -31,8 +31,9 @@ import numpy as np
 import onnx
 
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import sha256_file
 from vggt_deploy.graph.layers import QUANT_OPS, Layer
-from vggt_deploy.graph.onnx_io import over_2gb, set_metadata
+from vggt_deploy.graph.onnx_io import has_external_data, over_2gb, set_metadata
 from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, token_exclusion, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
@@ -46,15 +47,23 @@ class QuantResult:
     report: dict
 
 
-def model_key(model: onnx.ModelProto) -> bytes:
+def model_key(model: onnx.ModelProto, weights_dir: Path | None = None) -> bytes:
     """Bytes that identify a model for the range cache: its serialization, or above 2 GB (which protobuf
-    cannot serialize in one piece) a digest of the graph without weights and of every weight."""
-    if not over_2gb(model):
+    cannot serialize in one piece) a digest of the graph without weights and of every weight.
+
+    `weights_dir`: `model` is a graph whose weights are in external data files there (`has_external_data`);
+    the digest covers the graph, the references and each file's sha256.
+    """
+    if weights_dir is None and not over_2gb(model):
         return model.SerializeToString()
     digest = hashlib.sha256()
     for part in (*model.graph.node, *model.graph.input, *model.graph.output, *model.opset_import,
                  *model.metadata_props, *model.graph.initializer):  # piece by piece: no 2 GB message
         digest.update(part.SerializeToString())
+    if weights_dir is not None:
+        files = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+        for name in files:
+            digest.update(sha256_file(Path(weights_dir) / name).encode())
     return digest.hexdigest().encode()
 
 
@@ -136,21 +145,32 @@ def quantize(
     `fixed_ranges` ({tensor: (lo, hi)}, learned by quantization-aware training) replace
     calibration: they are written to a private range cache, so nothing is recalibrated.
     `fp32_path`, the file `fp32` was read from (external data beside it), lets a model above 2 GB be
-    quantized: ONNX Runtime's quantizer reads the file instead of a second copy held in memory.
+    quantized: ONNX Runtime's quantizer reads the file instead of a second copy held in memory. With it,
+    `fp32` may be the graph alone (``onnx.load(fp32_path, load_external_data=False)``): calibration then
+    reads the weights from the file too, and this process never holds them (VGGT-1B quantizes in
+    about 2x its weights instead of 5x).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     plan = resolved.plan
     smoothing = None
+    weights_dir = fp32_path.parent if fp32_path is not None and has_external_data(fp32) else None
+    if weights_dir is not None and plan.calibration.method == "entropy":
+        raise UserError(f"{plan.source}: calibration.method entropy holds the whole model in memory, which a model "
+                        "with external weights does not allow here; use auto (the default), minmax or percentile")
     if any(resolved.spec(layer).smoothing is not None for layer in resolved.layers):
         # Smoothing rewrites the FP32 weights before calibration; the ranges are those of the smoothed graph.
         if calib_images is None:
             raise UserError("smoothing needs calibration images to measure activation channels (plan calibration.images)")
+        if weights_dir is not None:
+            raise UserError(f"{plan.source}: smoothing rewrites weights in memory, which a model with external "
+                            "weights does not allow here; set smoothing: off for it")
         fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds)
+        fp32_path = None  # the file holds the unsmoothed weights: quantize the smoothed copy
         resolved = resolve_plan(plan, fp32)  # a weight shared outside a smoothed group was copied under a new name
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
-    ranges_file = cache_path(cache_dir, model_key(fp32), plan.calibration, plan.target)
+    ranges_file = cache_path(cache_dir, model_key(fp32, weights_dir), plan.calibration, plan.target)
     cache_hit = ranges_file.is_file()
     model = fp32
     with tempfile.TemporaryDirectory(prefix="vggt-qdq.") as tmp, _quiet_quantizer():
@@ -188,7 +208,8 @@ def quantize(
             if reader is not None and plan.calibration.method == "auto":
                 reader.bar.close()
                 ranges, decisions = auto_ranges(fp32, calib_images, image_input, extra_feeds, symmetric=trt,
-                                                exclude_tokens=token_exclusion(fp32, plan.calibration))
+                                                exclude_tokens=token_exclusion(fp32, plan.calibration),
+                                                weights_dir=weights_dir)
                 write_cache(ranges, decisions, ranges_file)
                 reader = None
             out = Path(tmp) / "static.onnx"

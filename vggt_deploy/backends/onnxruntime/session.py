@@ -23,7 +23,9 @@ def import_ort() -> Any:
     return onnxruntime
 
 
-def session_options(threads: int | None = None, optimize: bool = True) -> Any:
+def session_options(threads: int | None = None, optimize: bool = True, weights_dir: Path | None = None) -> Any:
+    """Session options; `weights_dir` is where a model given as bytes finds its external data (a graph read
+    with ``load_external_data=False``), so a model above 2 GB is never held whole outside the session."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -32,15 +34,18 @@ def session_options(threads: int | None = None, optimize: bool = True) -> Any:
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if weights_dir is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights_dir))
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
     return opts
 
 
-def make_session(model: bytes | str | Path, threads: int | None = None, optimize: bool = True) -> Any:
+def make_session(model: bytes | str | Path, threads: int | None = None, optimize: bool = True,
+                 weights_dir: Path | None = None) -> Any:
     """A CPU InferenceSession from a path or serialized bytes; load failures are UserErrors."""
-    return create_session(model, session_options(threads, optimize), ["CPUExecutionProvider"])
+    return create_session(model, session_options(threads, optimize, weights_dir), ["CPUExecutionProvider"])
 
 
 def create_session(model: bytes | str | Path, options: Any, providers: list[str]) -> Any:

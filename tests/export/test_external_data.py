@@ -1,0 +1,75 @@
+"""Models whose weights live in an external data file: folding weight transposes file to file, and
+calibrating and quantizing from the graph alone (the VGGT-1B path above 2 GB)."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from vggt_deploy.backends.onnxruntime.session import make_session
+from vggt_deploy.graph.external_data import fold_weight_transposes
+from vggt_deploy.graph.layers import find_layers
+from vggt_deploy.graph.onnx_io import has_external_data
+
+
+def _shared_weight_model(path):
+    """x -> MatMul(x, Transpose(W)) twice (a weight shared by two uses, as the camera trunk's), plus a
+    plain MatMul with its own weight; saved with every weight as external data."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    v = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "v")
+    nodes = [
+        helper.make_node("Transpose", ["w"], ["wt1"], name="t1", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt1"], ["h1"], name="mm1"),
+        helper.make_node("Transpose", ["w"], ["wt2"], name="t2"),
+        helper.make_node("MatMul", ["h1", "wt2"], ["h2"], name="mm2"),
+        helper.make_node("MatMul", ["h2", "v"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])], [w, v],
+                              value_info=[helper.make_tensor_value_info("wt1", TensorProto.FLOAT, [8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    return model
+
+
+def test_folding_weight_transposes_keeps_the_outputs_and_drops_the_transposes(tmp_path):
+    path = tmp_path / "m.onnx"
+    _shared_weight_model(path)
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    want = make_session(path, optimize=False).run(None, {"x": x})[0]
+    size = (tmp_path / "m.onnx.data").stat().st_size
+    assert fold_weight_transposes(path) == 1
+    graph = onnx.load(str(path), load_external_data=False)
+    assert "Transpose" not in {n.op_type for n in graph.graph.node} and has_external_data(graph)
+    assert {l.weight for l in find_layers(graph)} == {"w", "v"}  # the quantizer sees both weights now
+    got = make_session(path, optimize=False).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+    assert (tmp_path / "m.onnx.data").stat().st_size <= size + 2 * 4096  # rewritten, not appended to
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]  # no temporary left
+    assert fold_weight_transposes(path) == 0  # nothing left to fold: the files are not touched
+
+
+def test_quantizing_from_the_graph_alone_equals_quantizing_the_loaded_model(tmp_path):
+    # The memory-lean path: calibration reads the weights through the session and the sketches one
+    # tensor at a time from the data file, so the ranges and the QDQ model are those of the whole model.
+    from vggt_deploy.quant.plan import parse_plan
+    from vggt_deploy.quant.qdq import quantize
+    from vggt_deploy.quant.resolved import resolve_plan
+
+    path = tmp_path / "m.onnx"
+    _shared_weight_model(path)
+    fold_weight_transposes(path)
+    plan = parse_plan("version: 1\ntarget: onnxruntime-cpu\ncalibration: {method: auto, num_images: 8}\n"
+                      "default: {precision: int8}\n", "p.yaml")
+    images = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
+    x = images[:3]
+    results = {}
+    for kind, loaded in (("graph", False), ("whole", True)):
+        fp32 = onnx.load(str(path), load_external_data=loaded)
+        assert has_external_data(fp32) != loaded
+        result = quantize(fp32, resolve_plan(plan, fp32), images, {}, "x", tmp_path / f"cache_{kind}",
+                          fp32_path=path)
+        choices = {t["tensor"]: t["range"] for t in result.report["auto_calibration"]["tensors"]}
+        results[kind] = (choices, make_session(result.model.SerializeToString()).run(None, {"x": x})[0])
+    assert results["graph"][0] == results["whole"][0] and len(results["graph"][0]) == 3
+    np.testing.assert_array_equal(results["graph"][1], results["whole"][1])
