@@ -179,6 +179,8 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     in use. Files above 2 GB are written with external data (``*.onnx.data``) beside them; a model whose
     weights reach 2 GB (or `stream`) is exported streamed (`_export_vggt1b_streamed`).
     """
+    import torch
+
     from vggt_deploy.data.multiview import MultiViewConfig, sequence_tensor, split_sequences
     from vggt_deploy.export.vggt1b_export import export_vggt1b, is_large
     from vggt_deploy.fileio import sha256_file
@@ -190,23 +192,24 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
         raise UserError(f"{plan.source}: calibration.input does not apply to VGGT-1B, which calibrates on "
                         "multi-view sequences (its input is frames in [0, 1])")
     height, width = image_hw
-    model = create_vggt1b(config)
-    if plan is not None and (stream if stream is not None else is_large(model)):
-        _check_memory_for_quantizing(model, config)  # before the weights are read or anything is traced
-    sha = ""
-    if weights is not None:
-        load_vggt1b_weights(model, weights)
-        sha = sha256_file(weights)
+    with torch.device("meta"):
+        shape = create_vggt1b(config)  # sizes only: no memory, no weights
+    large = stream if stream is not None else is_large(shape)
+    if plan is not None and large:
+        _check_memory_for_quantizing(shape, config)  # before the weights are read or anything is traced
+    del shape
+    sha = sha256_file(weights) if weights is not None else ""
     check = sequence_tensor(split_sequences("eval", 1, MultiViewConfig(height, width, frames + 1))[0])
     calib = None
     if plan is not None:
         seqs = split_sequences("calib", plan.calibration.num_images, MultiViewConfig(height, width, frames))
         calib = np.stack([sequence_tensor(s) for s in seqs])
-    if stream if stream is not None else is_large(model):
-        holder = [model]  # handed over: the callee drops the last reference before quantizing (5 GB at full size)
-        del model
-        return _export_vggt1b_streamed(holder, config, out_dir, (height, width), weights, sha, [check[:frames], check],
+    if large:
+        return _export_vggt1b_streamed(config, out_dir, (height, width), weights, sha, [check[:frames], check],
                                        plan, calib, cache_dir)
+    model = create_vggt1b(config)
+    if weights is not None:
+        load_vggt1b_weights(model, weights)
     fp32, info = export_vggt1b(model, [check[:frames], check], sha)
     del model  # the graph holds the weights now; at full size that is 5 GB less
     resolved = resolve_plan(plan, fp32) if plan is not None else None
@@ -222,7 +225,7 @@ def export_vggt1b_model(config: str, out_dir: Path, image_hw: tuple[int, int], p
     return ExportOutputs(out_dir / "model.onnx", out_dir / "model.qdq.onnx" if plan is not None else None, None, info)
 
 
-QUANTIZE_MEMORY_FACTOR = 6  # peak memory / weight bytes when quantizing a streamed model (measured: OOM at 24.2 GB)
+QUANTIZE_MEMORY_FACTOR = 4  # peak memory / weight bytes when quantizing a streamed model (measured: see below)
 
 
 def _check_memory_for_quantizing(model, config: str) -> None:
@@ -245,21 +248,19 @@ def _check_memory_for_quantizing(model, config: str) -> None:
                         "the FP32 graph without --plan here, or quantize on a larger machine")
 
 
-def _export_vggt1b_streamed(holder: list, config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
+def _export_vggt1b_streamed(config: str, out_dir: Path, image_hw: tuple[int, int], weights: Path | None,
                             sha: str, check: list[np.ndarray], plan: QdqPlan | None, calib: np.ndarray | None,
                             cache_dir: Path | None) -> ExportOutputs:
-    """The export of a model above 2 GB: weights streamed to external data (`export_vggt1b_to_file`), the
-    PyTorch model dropped, then calibrated and quantized from the file (`quantize` with the graph alone),
+    """The export of a model above 2 GB: weights streamed to external data by a child process
+    (`export_vggt1b_file_in_child`, whose memory all returns when it ends), then calibrated and quantized from the file (`quantize` with the graph alone),
     so no step holds more than two copies of the weights: ONNX Runtime's session or quantizer, and the
     quantized result."""
-    from vggt_deploy.export.vggt1b_export import export_vggt1b_to_file
+    from vggt_deploy.export.vggt1b_export import export_vggt1b_file_in_child
 
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
-    model = holder.pop()
     with _output_folder(out_dir, writes) as tmp:
         fp32_path = tmp / "model.onnx"
-        info = export_vggt1b_to_file(model, check, fp32_path, sha)
-        del model
+        info = export_vggt1b_file_in_child(config, weights, sha, check, fp32_path)
         info.update(config=config, weights=str(weights) if weights else "random (untrained)", opset=OPSET,
                     image_hw=list(image_hw), fp32_size_mb=onnx_size_mb(fp32_path))
         if plan is not None:

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import torch
 
+from vggt_deploy.errors import UserError
 from vggt_deploy.export.onnx_export import OPSET, simplify_keeping_scopes
 from vggt_deploy.graph.external_data import fold_weight_transposes
 from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY, TWO_GB, over_2gb, set_metadata
@@ -38,8 +39,6 @@ TOLERANCE = 1e-3  # max |ORT - PyTorch| relative to each output's largest magnit
 
 def parse_image_size(text: str, patch: int = 14) -> tuple[int, int]:
     """``518`` or ``518x294`` (width x height) -> (height, width), both multiples of `patch`."""
-    from vggt_deploy.errors import UserError
-
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
@@ -156,6 +155,33 @@ def export_vggt1b_to_file(model: VGGT1B, check_inputs: list[np.ndarray], path: P
     return {"max_rel_diff_vs_torch": diffs, "frames_checked": [len(x) for x in check_inputs],
             "tokens_per_frame": tokens_per_frame(model, height, width), "ops": sorted(ops), "simplified": False,
             "weight_transposes_folded": folded}
+
+
+def export_vggt1b_file_in_child(config: str, weights: Path | None, weights_sha256: str,
+                                check_inputs: list[np.ndarray], path: Path) -> dict:
+    """`export_vggt1b_to_file` of the model `config` (with `weights`, else its seeded random weights), run
+    in a fresh process: PyTorch and the exporter keep much of what they allocated until the process
+    ends (at full size the export left 10 GB in use), and the caller goes on to calibrate in it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            return pool.submit(_export_config_to_file, config, weights, weights_sha256, check_inputs, path).result()
+        except BrokenProcessPool:
+            raise UserError(f"{config}: the export process died before it finished (killed for lack of memory? "
+                            "it needs about 2.5x the weights)") from None
+
+
+def _export_config_to_file(config: str, weights: Path | None, weights_sha256: str, check_inputs: list[np.ndarray],
+                           path: Path) -> dict:
+    from vggt_deploy.model.vggt1b.io import create_vggt1b, load_vggt1b_weights
+
+    model = create_vggt1b(config)
+    if weights is not None:
+        load_vggt1b_weights(model, weights)
+    return export_vggt1b_to_file(model, check_inputs, path, weights_sha256)
 
 
 def _refuse_control_flow(ops: set[str]) -> None:
