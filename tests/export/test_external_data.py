@@ -73,3 +73,24 @@ def test_quantizing_from_the_graph_alone_equals_quantizing_the_loaded_model(tmp_
         results[kind] = (choices, make_session(result.model.SerializeToString()).run(None, {"x": x})[0])
     assert results["graph"][0] == results["whole"][0] and len(results["graph"][0]) == 3
     np.testing.assert_array_equal(results["graph"][1], results["whole"][1])
+
+
+def test_calibrating_in_passes_sees_every_tensor_whole(tmp_path, monkeypatch):
+    # A model with external weights is calibrated a few tensors per pass (memory bound); each tensor
+    # still sees every image, so its min/max (full_range) is that of one pass over everything.
+    from vggt_deploy.quant import auto_calib
+
+    path = tmp_path / "m.onnx"
+    _shared_weight_model(path)
+    fold_weight_transposes(path)
+    graph = onnx.load(str(path), load_external_data=False)
+    images = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
+    whole = auto_calib.auto_ranges(graph, images, "x", None, symmetric=False, weights_dir=tmp_path)
+    passes = []
+    real = auto_calib._pass
+    monkeypatch.setattr(auto_calib, "_pass", lambda model, group, *a: passes.append(len(group)) or real(model, group, *a))
+    monkeypatch.setattr(auto_calib, "FIRST_PASS_TENSORS", 1)
+    split = auto_calib.auto_ranges(graph, images, "x", None, symmetric=False, weights_dir=tmp_path, pass_bytes=1)
+    assert passes == [1] * len(whole[0])  # a byte budget of 1: one tensor per pass
+    assert split[0].keys() == whole[0].keys() and len(split[1]) == len(whole[1]) == 3
+    assert [d.full_range for d in split[1]] == [d.full_range for d in whole[1]]

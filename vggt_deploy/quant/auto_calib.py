@@ -56,6 +56,8 @@ MIN_GAIN = 0.02  # a clip must lower the consumer error by more than 2% to be ta
 ROW_GUARD = 0.05  # ...and leave the rows of consistent outlier channels within 5% (or 2x their min/max error)
 WIDER_TOLERANCE = 0.1  # ...and of the clips within 10% of the best error, the widest is taken
 CONSISTENT = 0.25  # a channel clipped in this fraction of the images is a structured outlier
+PASS_BYTES = 1 << 30  # activation bytes read per image and pass when calibrating a model with external weights
+FIRST_PASS_TENSORS = 32  # the first pass's size, before anything is measured
 
 
 @dataclass
@@ -293,25 +295,54 @@ def drop_token_rows(x: np.ndarray, first: int, period: int) -> np.ndarray:
 def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
                 extra_feeds: dict[str, np.ndarray] | None, symmetric: bool,
                 exclude_tokens: tuple[int, int] | None = None,
-                weights_dir: Path | None = None) -> tuple[dict, list[Decision]]:
+                weights_dir: Path | None = None, pass_bytes: int | None = None) -> tuple[dict, list[Decision]]:
     """{tensor: (lo, hi)} for every input and output of a MatMul/Gemm/Conv, and the decisions.
 
     Inputs read by a MatMul/Gemm/Conv are chosen as described above; other tensors (outputs,
     which this project never re-quantizes) get their min/max. `exclude_tokens` (first, period)
     leaves special-token rows out of every token-major tensor's statistics (`drop_token_rows`;
     Conv inputs are channel-major and kept whole). `weights_dir`: see `iterate_activations`.
+
+    A model with external weights (`weights_dir`) is calibrated in passes over the images, each
+    pass reading as many tensors as fit `pass_bytes` (default `PASS_BYTES`) per image, and each
+    pass's tensors decided and their samples dropped before the next: VGGT-1B's activations of one
+    sequence and their samples would otherwise take 16 GB beside the session's 5.
     """
     consumers = _consumers(model, weights_dir)
     inits = {t.name for t in model.graph.initializer}
     outputs = [o for n in model.graph.node if n.op_type in QUANT_OPS for o in n.output]
     tensors = list(dict.fromkeys([*consumers, *(o for o in outputs if o not in inits)]))
+    budget = pass_bytes or (PASS_BYTES if weights_dir is not None else None)
+    ranges: dict[str, tuple[float, float]] = {}
+    decisions: list[Decision] = []
+    rng = np.random.default_rng(0)
+    start, size = 0, len(tensors) if budget is None else FIRST_PASS_TENSORS
+    while start < len(tensors):
+        group = tensors[start:start + size]
+        stats, seen = _pass(model, group, consumers, images, image_input, extra_feeds, exclude_tokens, weights_dir,
+                            rng)
+        ranges.update({name: (st.lo, st.hi) for name, st in stats.items()})
+        for name in group:
+            if name in consumers and name in stats:
+                decisions.append(_decide(name, stats.pop(name), consumers[name], symmetric))
+                ranges[name] = decisions[-1].range
+        start += len(group)
+        if budget is not None:  # size the next pass from what this one's tensors took per image
+            size = max(1, int(budget * len(group) / max(seen, 1)))
+    return ranges, decisions
+
+
+def _pass(model: onnx.ModelProto, group: list[str], consumers: dict, images: np.ndarray, image_input: str,
+          extra_feeds, exclude_tokens, weights_dir, rng) -> tuple[dict[str, _Stats], int]:
+    """Statistics of the tensors of `group` over all images, and the bytes they took for one image."""
     n = len(images)
     random_rows = max(4, ROW_BUDGET // max(n, 1) - TOP_ROWS)
-    rng = np.random.default_rng(0)
     stats: dict[str, _Stats] = {}
-    for values in iterate_activations(model, tensors, images, image_input, extra_feeds, desc="calibrating (auto)",
+    seen = 0
+    for values in iterate_activations(model, group, images, image_input, extra_feeds, desc="calibrating (auto)",
                                       weights_dir=weights_dir):
-        for name in tensors:
+        seen = max(seen, sum(values[name].nbytes for name in group))
+        for name in group:
             x = values[name]
             if name not in stats:
                 conv = any(c.conv for c in consumers.get(name, []))
@@ -324,11 +355,7 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
                 continue
             keep_top = max(2, math.ceil(x.size * n * (1 - PERCENTILES[0] / 100.0)) + 2)
             _observe(s, x, keep_top, random_rows, rng)
-    ranges = {name: (s.lo, s.hi) for name, s in stats.items()}
-    decisions = [_decide(name, stats[name], consumers[name], symmetric) for name in consumers if name in stats]
-    for d in decisions:
-        ranges[d.tensor] = d.range
-    return ranges, decisions
+    return stats, seen
 
 
 def write_cache(ranges: dict, decisions: list[Decision], cache_file: Path) -> None:
