@@ -47,7 +47,7 @@ def measure(export: Path, frames: int, rounds: int, threads: int) -> list[dict]:
     feeds = {"images": np.random.default_rng(0).random((frames, 3, height, width), np.float32)}
     rows = []
     for runtime, variants in GROUPS.items():
-        # An FP32-only export (a graph above 2 GB cannot be quantized yet) times the float variants alone.
+        # An FP32-only export (no --plan) times the float variants alone.
         variants = {n: v for n, v in variants.items() if (export / v[0]).is_file()}
         runners = {}
         try:
@@ -92,8 +92,9 @@ def main() -> None:
         ("peak_rss_mb", "peak RSS MB")],
         note=(f"VGGT-1B ({info['config']}, {info['weights']} weights), {width}x{height}, {args.frames} frames, "
               f"batch of one scene; {args.threads} threads; medians of {args.rounds} alternating rounds per runtime; "
-              "peak RSS of each variant in a fresh process. Plan vggt1b-int8 (int8 rows): block Linears int8, "
-              "patch embedding and heads bf16, attention matmuls float."),
+              "peak RSS of each variant in a fresh process. Plan vggt1b-int8 (int8 rows): every transformer "
+              "Linear int8 (frame, global, DINO and camera-trunk blocks), patch projection, camera-head ends and "
+              "DPT heads bf16, attention matmuls float."),
         results=args.results)
 
 
