@@ -27,6 +27,24 @@ def layer_precisions(model) -> dict[str, str]:
     return json.loads(get_metadata(model).get("vggt.layer_precisions", "{}"))
 
 
+def _parse(parser, model, engine: Path) -> bool:
+    """Hand `model` to TensorRT's ONNX parser: as bytes, or above 2 GB (VGGT-1B in FP32, which protobuf
+    cannot serialize in one piece) as a file with external data, written beside the engine and removed."""
+    import tempfile
+
+    import onnx
+
+    from vggt_deploy.graph.onnx_io import over_2gb
+
+    if not over_2gb(model):
+        return parser.parse(model.SerializeToString())
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vggt-trt.", dir=engine.parent) as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        return parser.parse_from_file(str(path))
+
+
 def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_cache: Path | None = None,
                  precisions: dict[str, str] | None = None, plan_hash: str | None = None) -> dict:
     """Build and write `engine` and its sidecar; returns the sidecar.
@@ -62,7 +80,7 @@ def build_engine(onnx_file: Path, engine: Path, options: BuildOptions, timing_ca
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model.SerializeToString()):
+    if not _parse(parser, model, engine):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"{onnx_file}: TensorRT's ONNX parser refused it: {errors}")
     config = builder.create_builder_config()

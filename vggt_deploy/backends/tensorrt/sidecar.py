@@ -22,10 +22,21 @@ def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
+def onnx_sha256(onnx_file: Path) -> str:
+    """sha256 of an ONNX file and, where it has one, of its external data file (``NAME.data``), streamed."""
+    digest = hashlib.sha256()
+    for path in (onnx_file, onnx_file.with_name(onnx_file.name + ".data")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
 def make_sidecar(trt_version: str, gpu: str, compute_capability: str, onnx_file: Path, plan_hash: str,
                  build: dict) -> dict:
     return {"tensorrt": trt_version, "gpu": gpu, "compute_capability": compute_capability,
-            "onnx": str(onnx_file), "onnx_sha256": hashlib.sha256(onnx_file.read_bytes()).hexdigest(),
+            "onnx": str(onnx_file), "onnx_sha256": onnx_sha256(onnx_file),
             "plan_hash": plan_hash, "build": build}
 
 
