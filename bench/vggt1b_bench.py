@@ -6,8 +6,8 @@ process (ONNX Runtime: FP32 graph, QDQ int8 graph; OpenVINO: FP32 graph in f32 a
 with its float parts in bf16). Peak memory of each variant is measured in a fresh process.
 
     vggt-deploy export-vggt1b --image-size 224 --frames 2 --plan vggt1b-int8 -o build/vggt1b_224
-    python bench/vggt1b_bench.py --export build/vggt1b_224 [--frames 2] [--rounds 10]
-        -> bench/results/vggt1b.{json,md}
+    python bench/vggt1b_bench.py --export build/vggt1b_224 [--frames 2] [--rounds 10] [--stem vggt1b]
+        -> bench/results/<stem>.{json,md}
 """
 
 from __future__ import annotations
@@ -80,13 +80,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--stem", default="vggt1b", help="results file name (<stem>.json/.md): one per resolution")
     args = ap.parse_args()
     info = json.loads((args.export / "export.json").read_text())
     if not (args.export / "model.onnx").is_file():
         raise SystemExit(f"{args.export}: no model.onnx (a folder written by vggt-deploy export-vggt1b)")
     rows = measure(args.export, args.frames, args.rounds, args.threads)
     height, width = info["image_hw"]
-    write_table("vggt1b", rows, [
+    write_table(args.stem, rows, [
         ("runtime", "runtime"), ("variant", "variant"), ("p50_ms", "p50 ms"), ("ms_per_frame", "ms/frame"),
         ("speedup_vs_fp32", "vs FP32"), ("size_mb", "MB"), ("smaller_than_fp32", "smaller"),
         ("peak_rss_mb", "peak RSS MB")],

@@ -34,8 +34,12 @@ ANALYSIS_SECTIONS = [
      "python bench/ablations/grounding_tokens.py train && python bench/ablations/grounding_tokens.py report"),
     ("limitations_size", "## Limitation: small objects", "python bench/ablations/limitations.py"),
     ("limitations_domain", "## Limitation: domain shift and recalibration", "python bench/ablations/limitations.py"),
-    ("vggt1b", "## Meta's VGGT-1B at full size on this CPU (random weights; int8 not yet: the quantizer above 2 GB)",
-     "vggt-deploy export-vggt1b --image-size 224 -o build/vggt1b && python bench/vggt1b_bench.py --export build/vggt1b"),
+    ("vggt1b", "## Meta's VGGT-1B at full size on this CPU: FP32, bf16 and int8 (random weights)",
+     "vggt-deploy export-vggt1b --image-size 224 --plan vggt1b-int8 -o build/vggt1b_224 && "
+     "python bench/vggt1b_bench.py --export build/vggt1b_224"),
+    ("vggt1b_518x294", "## Meta's VGGT-1B at 518 x 294 (random weights)",
+     "vggt-deploy export-vggt1b --image-size 518x294 --plan vggt1b-int8 -o build/vggt1b_518x294 && "
+     "python bench/vggt1b_bench.py --export build/vggt1b_518x294 --stem vggt1b_518x294"),
 ]
 
 
