@@ -253,9 +253,9 @@ def _export_vggt1b_streamed(config: str, out_dir: Path, image_hw: tuple[int, int
                             sha: str, check: list[np.ndarray], plan: QdqPlan | None, calib: np.ndarray | None,
                             cache_dir: Path | None) -> ExportOutputs:
     """The export of a model above 2 GB: weights streamed to external data by a child process
-    (`export_vggt1b_file_in_child`, whose memory all returns when it ends), then calibrated and quantized from the file (`quantize` with the graph alone),
-    so no step holds more than two copies of the weights: ONNX Runtime's session or quantizer, and the
-    quantized result."""
+    (`export_vggt1b_file_in_child`, whose memory all returns when it ends), then calibrated and
+    quantized from the file (`quantize` with the graph alone), so no step holds more than two copies
+    of the weights: ONNX Runtime's session or quantizer, and the quantized result."""
     from vggt_deploy.export.vggt1b_export import export_vggt1b_file_in_child
 
     writes = VGGT1B_FILES if plan is not None else VGGT1B_FILES[:3]
