@@ -89,8 +89,27 @@ def test_calibrating_in_passes_sees_every_tensor_whole(tmp_path, monkeypatch):
     passes = []
     real = auto_calib._pass
     monkeypatch.setattr(auto_calib, "_pass", lambda model, group, *a: passes.append(len(group)) or real(model, group, *a))
-    monkeypatch.setattr(auto_calib, "FIRST_PASS_TENSORS", 1)
     split = auto_calib.auto_ranges(graph, images, "x", None, symmetric=False, weights_dir=tmp_path, pass_bytes=1)
     assert passes == [1] * len(whole[0])  # a byte budget of 1: one tensor per pass
     assert split[0].keys() == whole[0].keys() and len(split[1]) == len(whole[1]) == 3
     assert [d.full_range for d in split[1]] == [d.full_range for d in whole[1]]
+
+
+def test_passes_are_cut_by_the_recorded_shapes_with_symbolic_frames():
+    # VGGT-1B's shapes are recorded with symbols ("frames", "261*frames"): a pass holds what fits the
+    # budget for the feed's frame count, so a few huge tensors (global attention, DPT heads at high
+    # resolution) cannot land in one pass (a pass sized by averages was killed at 518 x 294).
+    from vggt_deploy.quant.auto_calib import pass_groups
+
+    def info(name, *dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))
+
+    graph = helper.make_graph([], "g", [info("images", "frames", 3, 8, 8)], [info("out", "frames", 4)], value_info=[
+        info("a", "frames", 10, 100), info("b", "261*frames", 100), info("c", "frames - 1", 1000), info("d", "bad(", 5)])
+    model = helper.make_model(graph)
+    feed = np.zeros((3, 3, 8, 8), np.float32)  # a 3-frame sequence
+    sizes = {"a": 4 * 3 * 1000, "b": 4 * 783 * 100, "c": 4 * 2 * 1000}
+    assert pass_groups(model, ["a", "b", "c"], feed, 10**9) == [["a", "b", "c"]]
+    assert pass_groups(model, ["a", "b", "c"], feed, sizes["b"]) == [["a"], ["b"], ["c"]]
+    assert pass_groups(model, ["a", "c", "b"], feed, sizes["a"] + sizes["c"]) == [["a", "c"], ["b"]]
+    assert pass_groups(model, ["d", "x", "a"], feed, 16 * 4000) == [["d", "x", "a"]]  # unknown: budget / 16 each

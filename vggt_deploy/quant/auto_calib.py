@@ -34,8 +34,10 @@ reason, goes into the export report and next to the range cache.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import operator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,7 +48,7 @@ from onnx import numpy_helper
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS
 from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY
-from vggt_deploy.quant.activation_stats import iterate_activations
+from vggt_deploy.quant.activation_stats import feed_item, iterate_activations
 
 PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
 TOP_ROWS = 4  # rows kept exactly per image: the rare outlier tokens
@@ -56,8 +58,7 @@ MIN_GAIN = 0.02  # a clip must lower the consumer error by more than 2% to be ta
 ROW_GUARD = 0.05  # ...and leave the rows of consistent outlier channels within 5% (or 2x their min/max error)
 WIDER_TOLERANCE = 0.1  # ...and of the clips within 10% of the best error, the widest is taken
 CONSISTENT = 0.25  # a channel clipped in this fraction of the images is a structured outlier
-PASS_BYTES = 1 << 30  # activation bytes read per image and pass when calibrating a model with external weights
-FIRST_PASS_TENSORS = 32  # the first pass's size, before anything is measured
+PASS_BYTES = 2 << 30  # activation bytes read per image and pass when calibrating a model with external weights
 
 
 @dataclass
@@ -304,44 +305,95 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
     Conv inputs are channel-major and kept whole). `weights_dir`: see `iterate_activations`.
 
     A model with external weights (`weights_dir`) is calibrated in passes over the images, each
-    pass reading as many tensors as fit `pass_bytes` (default `PASS_BYTES`) per image, and each
-    pass's tensors decided and their samples dropped before the next: VGGT-1B's activations of one
-    sequence and their samples would otherwise take 16 GB beside the session's 5.
+    pass reading as many tensors as fit `pass_bytes` (default `PASS_BYTES`) per image (`pass_groups`),
+    and each pass's tensors decided and their samples dropped before the next: VGGT-1B's activations
+    of one sequence and their samples would otherwise take 16 GB beside the session's 5 at 224 px.
     """
     consumers = _consumers(model, weights_dir)
     inits = {t.name for t in model.graph.initializer}
     outputs = [o for n in model.graph.node if n.op_type in QUANT_OPS for o in n.output]
     tensors = list(dict.fromkeys([*consumers, *(o for o in outputs if o not in inits)]))
     budget = pass_bytes or (PASS_BYTES if weights_dir is not None else None)
+    groups = [tensors] if budget is None else pass_groups(model, tensors, feed_item(images, 0), budget)
     ranges: dict[str, tuple[float, float]] = {}
     decisions: list[Decision] = []
     rng = np.random.default_rng(0)
-    start, size = 0, len(tensors) if budget is None else FIRST_PASS_TENSORS
-    while start < len(tensors):
-        group = tensors[start:start + size]
-        stats, seen = _pass(model, group, consumers, images, image_input, extra_feeds, exclude_tokens, weights_dir,
-                            rng)
+    for group in groups:
+        stats = _pass(model, group, consumers, images, image_input, extra_feeds, exclude_tokens, weights_dir, rng)
         ranges.update({name: (st.lo, st.hi) for name, st in stats.items()})
         for name in group:
             if name in consumers and name in stats:
                 decisions.append(_decide(name, stats.pop(name), consumers[name], symmetric))
                 ranges[name] = decisions[-1].range
-        start += len(group)
-        if budget is not None:  # size the next pass from what this one's tensors took per image
-            size = max(1, int(budget * len(group) / max(seen, 1)))
     return ranges, decisions
 
 
+def pass_groups(model: onnx.ModelProto, tensors: list[str], feed: np.ndarray, budget: int) -> list[list[str]]:
+    """`tensors` in order, cut into groups whose float32 values for one `feed` should take at most
+    `budget` bytes (a tensor larger than that is a group of its own).
+
+    Sizes come from the graph's recorded shapes (`value_info`); a symbolic dimension ("frames",
+    "261*frames") is evaluated with every symbol set to the feed's leading dimension, and a tensor
+    without a usable shape counts as `budget` / 16.
+    """
+    graph = model.graph
+    shapes = {v.name: v.type.tensor_type.shape for v in (*graph.input, *graph.value_info, *graph.output)}
+    lead = int(feed.shape[0]) if feed.ndim else 1
+    groups: list[list[str]] = []
+    current: list[str] = []
+    total = 0
+    for name in tensors:
+        size = _elements(shapes.get(name), lead)
+        size = max(1, budget // 16) if size is None else 4 * size
+        if current and total + size > budget:
+            groups.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += size
+    return groups + ([current] if current else [])
+
+
+_DIM_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _elements(shape, lead: int) -> int | None:
+    """Elements of a tensor of `shape` (a TensorShapeProto), symbols set to `lead`; None when unknown."""
+    if shape is None or not shape.dim:
+        return None
+    count = 1
+    for d in shape.dim:
+        value = d.dim_value if d.HasField("dim_value") else _symbolic(d.dim_param, lead) if d.dim_param else None
+        if value is None or value < 0:
+            return None
+        count *= value
+    return count
+
+
+def _symbolic(expr: str, lead: int) -> int | None:
+    """An exporter's symbolic dimension ("frames", "261*frames", "frames - 1") with symbols = `lead`."""
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name):
+            return lead
+        if isinstance(node, ast.BinOp) and type(node.op) in _DIM_OPS:
+            return _DIM_OPS[type(node.op)](value(node.left), value(node.right))
+        raise ValueError(expr)
+
+    try:
+        return value(ast.parse(expr, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
 def _pass(model: onnx.ModelProto, group: list[str], consumers: dict, images: np.ndarray, image_input: str,
-          extra_feeds, exclude_tokens, weights_dir, rng) -> tuple[dict[str, _Stats], int]:
-    """Statistics of the tensors of `group` over all images, and the bytes they took for one image."""
+          extra_feeds, exclude_tokens, weights_dir, rng) -> dict[str, _Stats]:
+    """Statistics of the tensors of `group` over all images."""
     n = len(images)
     random_rows = max(4, ROW_BUDGET // max(n, 1) - TOP_ROWS)
     stats: dict[str, _Stats] = {}
-    seen = 0
     for values in iterate_activations(model, group, images, image_input, extra_feeds, desc="calibrating (auto)",
                                       weights_dir=weights_dir):
-        seen = max(seen, sum(values[name].nbytes for name in group))
         for name in group:
             x = values[name]
             if name not in stats:
@@ -355,7 +407,7 @@ def _pass(model: onnx.ModelProto, group: list[str], consumers: dict, images: np.
                 continue
             keep_top = max(2, math.ceil(x.size * n * (1 - PERCENTILES[0] / 100.0)) + 2)
             _observe(s, x, keep_top, random_rows, rng)
-    return stats, seen
+    return stats
 
 
 def write_cache(ranges: dict, decisions: list[Decision], cache_file: Path) -> None:
