@@ -3,6 +3,7 @@ calibrating and quantizing from the graph alone (the VGGT-1B path above 2 GB).""
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vggt_deploy.backends.onnxruntime.session import make_session
@@ -113,3 +114,24 @@ def test_passes_are_cut_by_the_recorded_shapes_with_symbolic_frames():
     assert pass_groups(model, ["a", "b", "c"], feed, sizes["b"]) == [["a"], ["b"], ["c"]]
     assert pass_groups(model, ["a", "c", "b"], feed, sizes["a"] + sizes["c"]) == [["a", "c"], ["b"]]
     assert pass_groups(model, ["d", "x", "a"], feed, 16 * 4000) == [["d", "x", "a"]]  # unknown: budget / 16 each
+
+
+@pytest.mark.parametrize("method, default, match", [
+    ("entropy", "{precision: int8}", "entropy holds the whole model in memory"),
+    ("auto", "{precision: int8, smoothing: {alpha: 0.5}}", "smoothing rewrites weights in memory"),
+])
+def test_what_needs_the_whole_model_in_memory_is_refused_for_the_graph_alone(tmp_path, method, default, match):
+    from vggt_deploy.errors import UserError
+    from vggt_deploy.quant.plan import parse_plan
+    from vggt_deploy.quant.qdq import quantize
+    from vggt_deploy.quant.resolved import resolve_plan
+
+    path = tmp_path / "m.onnx"
+    _shared_weight_model(path)
+    plan = parse_plan(f"version: 1\ntarget: onnxruntime-cpu\ncalibration: {{method: {method}, num_images: 8}}\n"
+                      f"default: {default}\n", "p.yaml")
+    graph = onnx.load(str(path), load_external_data=False)
+    images = np.random.default_rng(4).standard_normal((8, 8)).astype(np.float32)
+    with pytest.raises(UserError, match=match):
+        quantize(graph, resolve_plan(plan, graph), images, {}, "x", tmp_path / "cache", fp32_path=path)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # refused before any work

@@ -148,7 +148,7 @@ def quantize(
     quantized: ONNX Runtime's quantizer reads the file instead of a second copy held in memory. With it,
     `fp32` may be the graph alone (``onnx.load(fp32_path, load_external_data=False)``): calibration then
     reads the weights from the file too, and this process never holds them (VGGT-1B quantizes in
-    about 2x its weights instead of 5x).
+    about 2.5x its weights instead of 5x).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
