@@ -99,7 +99,9 @@ def main() -> None:
               f"batch of one scene; {args.threads} threads; medians of {args.rounds} alternating rounds per runtime; "
               "peak RSS of each variant in a fresh process. Plan vggt1b-int8 (int8 rows): every transformer "
               "Linear int8 (frame, global, DINO and camera-trunk blocks), patch projection, camera-head ends and "
-              "DPT heads bf16, attention matmuls float."),
+              "DPT heads bf16, attention matmuls float."
+              + (f" Left out: {', '.join(args.skip)}; a runtime without an fp32 row is compared with its first row."
+                 if args.skip else "")),
         results=args.results)
 
 
