@@ -21,9 +21,10 @@ Results = dict[str, dict]  # file stem -> parsed JSON
 WHY_MODEST = ("each MatMul of this small model is small, so quantize/dequantize and the float ops around it "
               "(LayerNorm, softmax, the per-head q/k norms) weigh as much as the int8 GEMMs")
 ATTENTION_UNFUSED = ("its Attention fusion looks for Q·Kᵀ, scale, an optional mask and softmax straight after "
-                     "the projections, while this model normalises Q and K per head (a LayerNorm over each head) and adds the "
-                     "grounding tokens' spatial-prior bias before softmax, so attention runs as separate MatMul, "
-                     "Softmax and elementwise kernels on ONNX Runtime (OpenVINO fuses them into its own subgraphs)")
+                     "the projections, while this model normalises Q and K per head (a LayerNorm over each head) "
+                     "and adds the grounding tokens' spatial-prior bias before softmax, so attention runs as "
+                     "separate MatMul, Softmax and elementwise kernels on ONNX Runtime (OpenVINO fuses them into its "
+                     "own subgraphs)")
 ENTROPY_NOTE = ("ONNX Runtime's `quantize_static` cannot set its entropy calibrator's bin counts and its defaults "
                 "make \"entropy\" identical to minmax, so vggt-deploy computes entropy ranges itself with a finer "
                 "histogram (as TensorRT's calibrator does)")
