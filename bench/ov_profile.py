@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vggt_deploy.backends.openvino.loader import default_precision, import_openvino
+from vggt_deploy.backends.openvino.runner import read_for_cpu
 from vggt_deploy.compile import export_from_model
 from vggt_deploy.paths import default_model_dir, shipped_plan
 from vggt_deploy.quant.plan import load_plan
@@ -30,7 +31,7 @@ def profile(path: Path, feeds: dict[str, np.ndarray], precision: str) -> dict[tu
     """Microseconds per inference by (node type, kernel), averaged over RUNS runs."""
     ov = import_openvino()
     core = ov.Core()
-    model = core.read_model(str(path))
+    model, _ = read_for_cpu(core, path, fold=True)  # what OvRunner compiles: zero points folded
     model.reshape({name: list(value.shape) for name, value in feeds.items()})
     compiled = core.compile_model(model, "CPU", {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": precision})

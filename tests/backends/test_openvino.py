@@ -82,16 +82,19 @@ def test_fp32_onnx_matches_onnx_runtime(tiny_export):
 
 
 def test_qdq_onnx_runs_int8_kernels_and_matches_onnx_runtime(tiny_export, qdq_file):
-    with OrtRunner(qdq_file) as ort, OvRunner(qdq_file, precision="f32") as runner:
+    with OrtRunner(qdq_file) as ort, OvRunner(qdq_file, precision="f32") as runner, \
+            OvRunner(qdq_file, precision="f32", fold_zero_points=False) as kept:
         for batch, seed in ((1, 0), (3, 1)):
             feeds = _feeds(tiny_export, batch, seed)
-            ref, out = ort.infer(feeds), runner.infer(feeds)
+            ref, out, unfolded = ort.infer(feeds), runner.infer(feeds), kept.infer(feeds)
             for key in ref:
                 assert _rel(out[key], ref[key]) < QDQ_REL, key
+                assert _rel(unfolded[key], ref[key]) < QDQ_REL, key
+        assert runner.fold_report.folded >= 10 and kept.fold_report is None  # zero points folded by default
         compiled = next(iter(runner.compiled.values()))[0]
         precisions = {op.get_rt_info()["runtimePrecision"].astype(str)
                       for op in compiled.get_runtime_model().get_ordered_ops()
-                      if op.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "Convolution", "MatMul")}
+                      if op.get_rt_info()["layerType"].astype(str).startswith(("FullyConnected", "Convolution", "MatMul"))}
     assert precisions & {"u8", "i8"}, precisions  # QDQ folded into int8 kernels, not run as float
     assert runner.metadata["vggt.target"] == "onnxruntime-cpu"
 
@@ -117,6 +120,8 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
     assert side["openvino"] == ov.__version__ and side["precision"] == "f32" and side["batch_sizes"] == [1, 2]
     assert side["target"] == "onnxruntime-cpu" and side["plan_hash"] and side["layer_precisions"]
     assert side["options"]["static_shapes"] and set(side["compile_ms"]) == {"1", "2"}
+    assert side["options"]["fold_zero_points"] and side["zero_points_folded"] >= 10
+    assert "folded the zero points of" in _BUILT["output"]
     assert side["ir_size_mb"] > 0 and "IR" in _BUILT["output"] and "batch 2 in" in _BUILT["output"]
     feeds = _feeds(tiny_export, 2)
     with OvRunner(built) as folder, OvRunner(qdq_file, precision="f32") as plain:
@@ -129,6 +134,19 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
     for key in a:
         assert np.abs(a[key] - b[key]).max() < 1e-3, key
         assert np.abs(a[key] - c[key]).max() < 1e-6, key
+
+
+def test_keep_zero_points_builds_the_file_as_it_is(qdq_file, tiny_export, tmp_path):
+    result = _run("build-ov", "--onnx", qdq_file, "-o", tmp_path / "kept", "--precision", "f32", "--keep-zero-points")
+    assert result.exit_code == 0, result.output
+    side = json.loads((tmp_path / "kept" / "model.json").read_text())
+    assert side["zero_points_folded"] == 0 and side["options"]["fold_zero_points"] is False
+    assert "folded" not in result.output
+    feeds = _feeds(tiny_export, 1)
+    with OvRunner(tmp_path / "kept") as kept, OrtRunner(qdq_file) as ort:
+        out, ref = kept.infer(feeds), ort.infer(feeds)
+    for key in ref:
+        assert _rel(out[key], ref[key]) < QDQ_REL, key
 
 
 def test_eval_and_infer_run_a_build_ov_folder(built, tiny_model_dir, tiny_data, tmp_path):

@@ -46,8 +46,10 @@ def test_an_openvino_ir_weighs_its_xml_and_bin(tmp_path):
 def test_profile_sentence_splits_int8_and_float_time():
     from vggt_deploy.bench.speed_bars import profile_sentence
 
-    rows = [{"target": "ov-mixed", "node_type": "FullyConnected", "kernel": "brgemm_avx512_I8", "us": 1000.0,
+    rows = [{"target": "ov-mixed", "node_type": "FullyConnected", "kernel": "brgemm_avx512_I8", "us": 600.0,
              "total_us": 2000.0},
+            {"target": "ov-mixed", "node_type": "FullyConnectedQuantizedLegacy", "kernel": "brgemm_avx512_i8",
+             "us": 400.0, "total_us": 2000.0},
             {"target": "ov-mixed", "node_type": "Subgraph", "kernel": "jit_avx512_bf16", "us": 1000.0, "total_us": 2000.0},
             {"target": "ov-bf16 (FP32 graph)", "node_type": "FullyConnected", "kernel": "brgemm_avx512_bf16",
              "us": 1700.0, "total_us": 2700.0}]

@@ -19,6 +19,7 @@ from outlier_vit import (
     export_outlier_vit,
     load_inputs,
     make_images,
+    pearson_per_image,
     plan_text,
     quantize_ort_reference,
     quantize_with_library,
@@ -116,3 +117,27 @@ def test_smoothing_helps_on_layernorm_outlier_channels(setup):
     assert _worst(smoothed) >= 0.99
     for name in OUTPUTS:
         assert 1 - smoothed[name]["worst_r"] < 0.8 * (1 - plain[name]["worst_r"]), (name, plain, smoothed)
+
+
+@pytest.mark.parametrize("variant", MASSIVE)
+def test_zero_point_folding_is_safe_on_outlier_models(setup, variant):
+    """OpenVINO's zero-point folding (on by default) on a QDQ model whose ranges hold massive activations
+    (a huge fc2 input range, zero points far from 128). The grid is the same, so only float rounding of the
+    shift differs: as much as two runtimes differ on one file. Folded and kept, OpenVINO gives the same
+    accuracy against FP32, and the two agree with each other on every image."""
+    pytest.importorskip("openvino")
+    from vggt_deploy.backends.openvino.runner import OvRunner
+
+    qdq = quantize_with_library(setup["models"][variant], setup["root"] / variant / "fold",
+                                plan_text(setup["calib"], None))
+    inputs, outs = setup["inputs"], {}
+    for fold in (True, False):
+        with OvRunner(qdq, precision="f32", fold_zero_points=fold) as runner:
+            runs = [runner.infer({"images": inputs[i : i + 1]}) for i in range(len(inputs))]
+            assert (runner.fold_report is not None and runner.fold_report.folded >= 8) == fold
+        outs[fold] = {name: np.concatenate([r[name] for r in runs]) for name in OUTPUTS}
+    folded, kept = (compare(setup["fp32"][variant], outs[f]) for f in (True, False))
+    for name in OUTPUTS:
+        assert folded[name]["worst_r"] >= kept[name]["worst_r"] - 1e-3, (name, folded, kept)
+        assert pearson_per_image(outs[False][name], outs[True][name]).min() >= 0.999, name
+    assert _worst(folded) >= 0.99, folded

@@ -27,21 +27,28 @@ from vggt_deploy.cli.app import main
               help="CPU streams (default: 1 with the latency hint, OpenVINO's choice with throughput).")
 @click.option("--dynamic-shapes", is_flag=True,
               help="Compile once with a dynamic batch instead of once per batch size (static shapes run faster).")
+@click.option("--keep-zero-points", is_flag=True,
+              help="Read the QDQ file's activation zero points as they are, instead of folding them into a shift "
+                   "and the next layer's bias (the same quantization grid; OpenVINO's int8 layers run faster "
+                   "without zero points).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(1), multiple=True, default=(1,), show_default=True,
               help="Image batch size to compile ahead; repeat for several. Others compile on first use.")
 @click.option("--num-queries", type=click.IntRange(1), default=None,
               help="Rows of query_embeds to compile for (default: the category count eval and bench use).")
 def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, threads: int | None,
-             streams: int | None, dynamic_shapes: bool, batch_sizes: tuple[int, ...], num_queries: int | None) -> None:
+             streams: int | None, dynamic_shapes: bool, keep_zero_points: bool, batch_sizes: tuple[int, ...], num_queries: int | None) -> None:
     """Convert an ONNX model to OpenVINO IR and compile it for this CPU; run it with `eval/infer --openvino DIR`."""
     from vggt_deploy.backends.openvino.build import build_ov as run
     from vggt_deploy.backends.openvino.settings import OvOptions
 
     options = OvOptions(precision=precision, hint=hint, threads=threads, streams=streams,
-                        static_shapes=not dynamic_shapes)
+                        static_shapes=not dynamic_shapes, fold_zero_points=not keep_zero_points)
     sidecar = run(onnx_file, output, options, batch_sizes=tuple(batch_sizes), num_queries=num_queries)
     compiled = ", ".join(f"batch {k} in {v:.0f} ms" if k != "dynamic" else f"dynamic shapes in {v:.0f} ms"
                          for k, v in sidecar["compile_ms"].items())
     click.echo(f"wrote {output} (OpenVINO {sidecar['openvino'].split('-')[0]}, {sidecar['precision']}, "
                f"{hint} hint; IR {sidecar['ir_size_mb']:.2f} MB)")
+    if sidecar["zero_points_folded"]:
+        click.echo(f"folded the zero points of {sidecar['zero_points_folded']} int8 activation(s) "
+                   "(--keep-zero-points to read them as they are)")
     click.echo(f"compiled {compiled}; cached in {output / 'cache'}; settings: {output / 'model.json'}")

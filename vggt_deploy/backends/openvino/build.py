@@ -8,7 +8,9 @@ the vggt_small mixed IR is the QDQ ONNX's size, the FP32 IR half the FP32 ONNX's
 compiled once per batch size into the folder's `cache/`, so the runner on the box starts from
 the cached blobs. OpenVINO keys cached blobs by the model's content and the compile config when
 the model is given as an object (as the runner does), not by its path, so the cache stays
-valid when the staging folder is renamed into place. `model.json` records the OpenVINO
+valid when the staging folder is renamed into place. Unless told not to, the activation zero
+points of a QDQ file are folded first (lowering.py: the same grid, a faster int8 path), so the IR
+holds the folded graph. `model.json` records the OpenVINO
 version, the CPU and its flags, the options, the source ONNX and its sha256, and the plan
 facts the QDQ export wrote; the runner refuses the folder when any of the first three differ.
 """
@@ -29,7 +31,7 @@ from vggt_deploy.backends.openvino.loader import (
     ov_reason,
     read_model,
 )
-from vggt_deploy.backends.openvino.runner import compile_on_cpu, input_names, reshaped, set_cache
+from vggt_deploy.backends.openvino.runner import compile_on_cpu, input_names, read_for_cpu, reshaped, set_cache
 from vggt_deploy.backends.openvino.settings import OvOptions, compile_config
 from vggt_deploy.backends.openvino.sidecar import (
     CACHE,
@@ -96,7 +98,7 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
     check_precision(precision)
     config = compile_config(options, precision)
     core = ov.Core()
-    model = read_model(core, onnx_file)
+    model, folded = read_for_cpu(core, onnx_file, options.fold_zero_points)
     queries = num_queries or default_num_queries()
     with OutputFolder(out_dir, replaces=previous_build(out_dir)) as tmp:
         try:
@@ -123,6 +125,7 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
             "batch_sizes": list(batch_sizes) if options.static_shapes else [],
             "num_queries": queries if options.static_shapes else None,
             "compile_ms": compile_ms, "ir_size_mb": round(_ir_size_mb(tmp), 3),
+            "zero_points_folded": folded.folded if folded else 0,
         }
         atomic_write_json(tmp / SIDECAR, sidecar)
     return sidecar

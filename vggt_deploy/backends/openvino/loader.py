@@ -9,6 +9,7 @@ its cached blobs and its bf16 choice belong to that CPU.
 from __future__ import annotations
 
 import functools
+import io
 import platform
 import re
 from pathlib import Path
@@ -108,13 +109,16 @@ def ov_reason(exc: BaseException) -> str:
     return text[:240]
 
 
-def read_model(core: Any, path: Path) -> Any:
-    """`core.read_model`, with every failure as one UserError naming the file."""
+def read_model(core: Any, path: Path, data: bytes | None = None) -> Any:
+    """`core.read_model`, with every failure as one UserError naming the file.
+
+    `data`: the file's model already in memory (an ONNX rewritten by lowering.py), read instead of the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: model file not found")
     try:
-        return core.read_model(str(path))
+        return core.read_model(io.BytesIO(data)) if data is not None else core.read_model(str(path))
     except ov_errors() as exc:
         raise UserError(f"{path}: OpenVINO cannot read it ({ov_reason(exc)})") from None
 

@@ -30,6 +30,7 @@ class OvOptions:
     threads: int | None = None  # INFERENCE_NUM_THREADS; None: OpenVINO's default (all physical cores)
     streams: int | None = None  # NUM_STREAMS; None: 1 for latency, OpenVINO's choice for throughput
     static_shapes: bool = True  # compile per input-shape set (faster at batch 1) instead of once, dynamic
+    fold_zero_points: bool = True  # a QDQ ONNX's activation zero points folded into shifts (lowering.py)
 
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -38,8 +39,9 @@ class OvOptions:
             raise UserError(f"OpenVINO hint must be one of {', '.join(HINTS)}, got {self.hint!r}")
         _count("threads", self.threads)
         _count("streams", self.streams)
-        if not isinstance(self.static_shapes, bool):
-            raise UserError(f"OpenVINO static_shapes must be true or false, got {self.static_shapes!r}")
+        for flag in ("static_shapes", "fold_zero_points"):
+            if not isinstance(getattr(self, flag), bool):
+                raise UserError(f"OpenVINO {flag} must be true or false, got {getattr(self, flag)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +49,7 @@ class OvOptions:
     @classmethod
     def from_dict(cls, data: dict) -> OvOptions:
         """Options as a sidecar records them; unknown keys are ignored (newer sidecars), bad values refused."""
-        known = {k: data[k] for k in ("precision", "hint", "threads", "streams", "static_shapes") if k in data}
+        known = {k: data[k] for k in ("precision", "hint", "threads", "streams", "static_shapes", "fold_zero_points") if k in data}
         return cls(**known)
 
 
