@@ -32,10 +32,10 @@ CANDIDATES = {  # label -> plan text (None: FP32)
         "  - match: 'grounding.*'\n    precision: fp32\n  - match: 'heads.*'\n    precision: fp32\n"),
     "int8, 128 images": HEAD.format(n=128, p=99.99),
     "int8, 256 images": HEAD.format(n=256, p=99.99),
-    "int8, 256 images, percentile 99.999 (previous shipped mixed)": HEAD.format(n=256, p=99.999),
-    "int8, 256 images, auto (shipped mixed)": HEAD.format(n=256, p=99.99).replace(
+    "int8, 256 images, percentile 99.999 (shipped mixed before auto)": HEAD.format(n=256, p=99.999),
+    "int8, 256 images, auto (shipped mixed before smoothing)": HEAD.format(n=256, p=99.99).replace(
         "method: percentile, percentile: 99.99", "method: auto"),
-    "int8, 256 images, auto, smoothing alpha 0.5": HEAD.format(n=256, p=99.99).replace(
+    "int8, 256 images, auto, smoothing alpha 0.5 (shipped mixed)": HEAD.format(n=256, p=99.99).replace(
         "method: percentile, percentile: 99.99", "method: auto").replace(
         "activations: static}", "activations: static, smoothing: {alpha: 0.5}}"),
     "int8, 256 images, minmax": HEAD.format(n=256, p=99.99).replace("method: percentile", "method: minmax"),

@@ -19,7 +19,8 @@ def _init(name, value):
 def _graph() -> onnx.ModelProto:
     """Three activation quantizers, each feeding what decides its fate.
 
-    a: uint8 zero point 37 -> MatMul(int8 weight) + bias, and MatMul(float weight) without bias: folded.
+    a: uint8 zero point 37 -> MatMul(int8 weight) + bias, and Reshape -> MatMul(float weight) without bias:
+       folded.
     b: zero point 128 -> Relu (no bias to correct): relabelled int8, zero point 0.
     c: zero point 37 -> Relu: kept as it is.
     """
@@ -30,6 +31,7 @@ def _graph() -> onnx.ModelProto:
         _init("s", np.float32(0.05)), _init("z37", np.uint8(37)), _init("z128", np.uint8(128)),
         _init("w_q", w_q), _init("w_s", w_scale), _init("w_z", np.zeros(N, np.int8)),
         _init("w_f", rng.normal(size=(K, N)).astype(np.float32)), _init("bias", rng.normal(size=N).astype(np.float32)),
+        _init("rows", np.array([-1, K], np.int64)),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z37"], ["a_q"], name="a_Q"),
@@ -37,7 +39,8 @@ def _graph() -> onnx.ModelProto:
         helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], name="w_DQ", axis=1),
         helper.make_node("MatMul", ["a", "w"], ["mm1"], name="mm1"),
         helper.make_node("Add", ["mm1", "bias"], ["y1"], name="add1"),
-        helper.make_node("MatMul", ["a", "w_f"], ["y2"], name="mm2"),
+        helper.make_node("Reshape", ["a", "rows"], ["a_rows"], name="rows"),  # data movement: walked through
+        helper.make_node("MatMul", ["a_rows", "w_f"], ["y2"], name="mm2"),
         helper.make_node("QuantizeLinear", ["x", "s", "z128"], ["b_q"], name="b_Q"),
         helper.make_node("DequantizeLinear", ["b_q", "s", "z128"], ["b"], name="b_DQ"),
         helper.make_node("Relu", ["b"], ["y3"], name="relu_b"),
@@ -46,7 +49,8 @@ def _graph() -> onnx.ModelProto:
         helper.make_node("Relu", ["c"], ["y4"], name="relu_c"),
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, K])
-    outs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [2, 5, n]) for i, n in ((1, N), (2, N), (3, K), (4, K))]
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+            for name, shape in (("y1", [2, 5, N]), ("y2", [10, N]), ("y3", [2, 5, K]), ("y4", [2, 5, K]))]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits), opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     return model

@@ -111,12 +111,18 @@ class Builds:
     def queries(self) -> np.ndarray:
         return np.load(self.export(None).parent / "queries.npy")
 
-    def calibration_images(self, num_images: int = 128) -> np.ndarray:
-        """The shipped calibration images through the model's preprocessing (what our plans calibrate on)."""
+    def calibration_images(self, num_images: int | None = None) -> np.ndarray:
+        """The shipped calibration images through the model's preprocessing, as many as the `mixed` plan
+        calibrates on (None), so the peers' quantizers see what ours does."""
         from vggt_deploy.model.io import load_model
         from vggt_deploy.quant.calibrate import calibration_tensors
-        from vggt_deploy.quant.plan import CalibrationSpec
+        from vggt_deploy.quant.plan import CalibrationSpec, load_plan
 
+        if num_images is None:
+            try:
+                num_images = load_plan(self.cfg.mixed_plan or shipped_plan("mixed")).calibration.num_images
+            except UserError:  # a broken --plan fails the mixed targets with its own message, not the peers
+                num_images = CalibrationSpec().num_images
         pp = load_model(self.cfg.model_dir).model.cfg.preprocess
         return calibration_tensors(CalibrationSpec(method="minmax", num_images=num_images), pp)
 

@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 SUFFIX = "_zpfold"
+MOVES = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")  # move values, never change them
 
 
 @dataclass(frozen=True)
@@ -124,11 +125,20 @@ def _correct_bias(g: _Graph, matmul: onnx.NodeProto, correction: np.ndarray) -> 
 
 
 def _fixes(g: _Graph, deqs: list[onnx.NodeProto]) -> list[tuple[onnx.NodeProto, np.ndarray]] | None:
-    """(MatMul, Σₖ W[k, :]) for every consumer of `deqs`, or None when one of them cannot take a bias correction."""
-    fixes = []
-    for deq in deqs:
-        for user in g.consumers.get(deq.output[0], []):
-            sums = _weight_sums(g, user, deq.output[0])
+    """(MatMul, Σₖ W[k, :]) for every MatMul the dequantized values reach, or None when some consumer cannot
+    take a bias correction. Data movement in between (Transpose, Reshape, ...) carries the constant shift
+    unchanged, so it is walked through."""
+    fixes: list[tuple[onnx.NodeProto, np.ndarray]] = []
+    pending = [deq.output[0] for deq in deqs]
+    while pending:
+        name = pending.pop()
+        if name in g.outputs:
+            return None
+        for user in g.consumers.get(name, []):
+            if user.op_type in MOVES and user.input[0] == name and list(user.input).count(name) == 1:
+                pending.append(user.output[0])
+                continue
+            sums = _weight_sums(g, user, name)
             if sums is None:
                 return None
             fixes.append((user, sums))
