@@ -15,6 +15,7 @@ CPU targets: ours (`ort-*`, `ov-*`) and the peers a user would otherwise pick
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -28,6 +29,7 @@ from vggt_deploy.backends.base import Runner
 from vggt_deploy.backends.onnxruntime.runner import OrtRunner
 from vggt_deploy.backends.torch.runner import TorchRunner
 from vggt_deploy.errors import UserError
+from vggt_deploy.fileio import atomic_write_json, sha256_file
 from vggt_deploy.paths import shipped_plan
 
 
@@ -67,6 +69,7 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {}
+PEER_KEY = "peer.json"  # beside a peer's cached file: what it was made from (Builds.peer_key)
 
 
 def register_target(name: str, description: str, backend: str, precision: str, runtime: str,
@@ -116,15 +119,45 @@ class Builds:
         calibrates on (None), so the peers' quantizers see what ours does."""
         from vggt_deploy.model.io import load_model
         from vggt_deploy.quant.calibrate import calibration_tensors
+        from vggt_deploy.quant.plan import CalibrationSpec
+
+        pp = load_model(self.cfg.model_dir).model.cfg.preprocess
+        count = self.calibration_count() if num_images is None else num_images
+        return calibration_tensors(CalibrationSpec(method="minmax", num_images=count), pp)
+
+    def calibration_count(self) -> int:
+        """How many calibration images the `mixed` plan (`--plan`, else the shipped one) calibrates on."""
         from vggt_deploy.quant.plan import CalibrationSpec, load_plan
 
-        if num_images is None:
-            try:
-                num_images = load_plan(self.cfg.mixed_plan or shipped_plan("mixed")).calibration.num_images
-            except UserError:  # a broken --plan fails the mixed targets with its own message, not the peers
-                num_images = CalibrationSpec().num_images
-        pp = load_model(self.cfg.model_dir).model.cfg.preprocess
-        return calibration_tensors(CalibrationSpec(method="minmax", num_images=num_images), pp)
+        try:
+            return load_plan(self.cfg.mixed_plan or shipped_plan("mixed")).calibration.num_images
+        except UserError:  # a broken --plan fails the mixed targets with its own message, not the peers
+            return CalibrationSpec().num_images
+
+    def peer_key(self, quantizer: str, calibrated: bool) -> dict:
+        """What a peer's quantized file depends on: the model's weights and config, the quantizer's version
+        and, when it calibrates, how many images it saw. A cached peer is reused only when this matches."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            quantizer_version = version(quantizer)
+        except PackageNotFoundError:
+            quantizer_version = "unknown"
+        model = self.cfg.model_dir
+        key = {"quantizer": quantizer, "version": quantizer_version,
+               "model_sha256": sha256_file(model / "model.safetensors"),
+               "config_sha256": sha256_file(model / "config.json")}
+        if calibrated:
+            key["calibration_images"] = self.calibration_count()
+        return key
+
+
+def _cached_peer(out: Path, key: dict) -> bool:
+    """True when `out` exists and its folder's peer.json says it was made from `key`."""
+    try:
+        return out.exists() and json.loads((out.parent / PEER_KEY).read_text()) == key
+    except (OSError, ValueError):
+        return False
 
 
 # ---- PyTorch ---------------------------------------------------------------------------------------
@@ -171,10 +204,11 @@ def _ort_quantize_static(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path
     from vggt_deploy.quant.calibrate import TensorReader
 
     out = cfg.build_dir / "ort-quantize-static" / "model.qdq.onnx"
-    if not out.exists():
+    key = builds.peer_key("onnxruntime", calibrated=True)
+    if not _cached_peer(out, key):
         fp32 = builds.export(None)
         reader = TensorReader(builds.calibration_images(), "images", {"query_embeds": builds.queries()})
-        _write_peer(out, lambda tmp: quantize_static(str(fp32), str(tmp), reader))
+        _write_peer(out, lambda tmp: quantize_static(str(fp32), str(tmp), reader), key)
     return OrtRunner(out, name="ort-quantize-static", threads=cfg.threads), out
 
 
@@ -185,14 +219,16 @@ def _ort_quantize_dynamic(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Pat
     from onnxruntime.quantization import quantize_dynamic
 
     out = cfg.build_dir / "ort-quantize-dynamic" / "model.onnx"
-    if not out.exists():
+    key = builds.peer_key("onnxruntime", calibrated=False)
+    if not _cached_peer(out, key):
         fp32 = builds.export(None)
-        _write_peer(out, lambda tmp: quantize_dynamic(str(fp32), str(tmp)))
+        _write_peer(out, lambda tmp: quantize_dynamic(str(fp32), str(tmp)), key)
     return OrtRunner(out, name="ort-quantize-dynamic", threads=cfg.threads), out
 
 
-def _write_peer(out: Path, write: Callable[[Path], object]) -> None:
-    """Run a peer's quantizer into a temporary name, check the result, then rename it into place."""
+def _write_peer(out: Path, write: Callable[[Path], object], key: dict) -> None:
+    """Run a peer's quantizer into a temporary name, check the result, then rename it into place;
+    its key (peer.json) is written last, so a half-done rebuild is never taken for a current one."""
     import onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +238,7 @@ def _write_peer(out: Path, write: Callable[[Path], object]) -> None:
             write(tmp)
         onnx.checker.check_model(str(tmp))
         os.replace(tmp, out)
+        atomic_write_json(out.parent / PEER_KEY, key)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -242,7 +279,8 @@ def _nncf_ov(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
     from vggt_deploy.backends.openvino.runner import OvRunner
 
     out = cfg.build_dir / "nncf-ov" / "model.xml"
-    if not out.exists():
+    key = builds.peer_key("nncf", calibrated=True)
+    if not _cached_peer(out, key):
         try:
             import nncf
         except ImportError:
@@ -257,6 +295,7 @@ def _nncf_ov(builds: Builds, cfg: BenchConfig) -> tuple[Runner, Path]:
         tmp = out.parent.with_name(f".{out.parent.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)  # both live in the bench's own build folder
         ov.save_model(quantized, str(tmp / out.name))
+        atomic_write_json(tmp / PEER_KEY, key)
         shutil.rmtree(out.parent, ignore_errors=True)
         os.replace(tmp, out.parent)
     runner = OvRunner(out, name="nncf-ov", threads=cfg.threads, cache_dir=cfg.build_dir / "openvino-cache")
