@@ -2,7 +2,7 @@
 
 Why: OpenVINO's CPU plugin runs an int8 FullyConnected faster when its activations carry no
 zero point: it then takes its "legacy" quantized FC path (measured on the shipped plan, FCs 6%
-faster in the per-layer profile, the model 2-3% in alternating timing). The exporter writes
+faster in the per-layer profile, the model 1-3% in alternating timing). The exporter writes
 uint8 activations with zero points, which is what ONNX Runtime's x86 kernels want, so the
 rewrite happens where OpenVINO reads the file (`OvRunner`, `build-ov`), never in the shared QDQ ONNX.
 
@@ -13,8 +13,9 @@ dequantized value it hands on is x̂ + d. Each consumer x̂·W + b is restored b
 from the dequantized weights. Only the float rounding of x + d differs, so outputs move by
 rounding flips only (measured on the shipped plan: as much as ONNX Runtime and OpenVINO differ on
 the same file, 25x less than the quantization error). A quantizer is folded only where every consumer
-can take the correction: a MatMul with a constant (or dequantized constant) weight whose output only
-feeds a bias Add of a constant. Elsewhere (a padded convolution, where the shift would reach the
+can take the correction: a MatMul with a constant (or dequantized constant) weight, read directly or
+through data movement (Transpose, Reshape); the correction goes into its bias Add, or into a new Add
+where the simplifier removed a zero bias. Elsewhere (a padded convolution, where the shift would reach the
 padding) a zero point of 128 becomes int8 with zero point 0, the same grid relabelled; any other
 zero point is kept.
 """
