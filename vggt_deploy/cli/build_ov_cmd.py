@@ -36,7 +36,8 @@ from vggt_deploy.cli.app import main
 @click.option("--num-queries", type=click.IntRange(1), default=None,
               help="Rows of query_embeds to compile for (default: the category count eval and bench use).")
 def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, threads: int | None,
-             streams: int | None, dynamic_shapes: bool, keep_zero_points: bool, batch_sizes: tuple[int, ...], num_queries: int | None) -> None:
+             streams: int | None, dynamic_shapes: bool, keep_zero_points: bool, batch_sizes: tuple[int, ...],
+             num_queries: int | None) -> None:
     """Convert an ONNX model to OpenVINO IR and compile it for this CPU; run it with `eval/infer --openvino DIR`."""
     from vggt_deploy.backends.openvino.build import build_ov as run
     from vggt_deploy.backends.openvino.settings import OvOptions

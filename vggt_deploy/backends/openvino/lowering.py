@@ -197,11 +197,9 @@ def fold_zero_points(model: onnx.ModelProto) -> FoldReport:
     """
     g = _Graph(model.graph)
     counts = {"folded": 0, "kept": 0, "biases": 0}
-    for quant in [n for n in model.graph.node if n.op_type == "QuantizeLinear"]:
-        zero = g.const(quant.input[2]) if len(quant.input) > 2 else None
-        if zero is None or zero.dtype != np.uint8 or not zero.any() or g.const(quant.input[0]) is not None:
-            continue  # no uint8 zero point to fold, or a weight's quantizer
-        counts["folded" if _fold_one(g, quant, counts) else "kept"] += 1
+    for quant in list(model.graph.node):  # a snapshot: folding inserts nodes
+        if _has_zero_point(quant, g.inits) and quant.input[0] not in g.inits:  # not a weight's quantizer
+            counts["folded" if _fold_one(g, quant, counts) else "kept"] += 1
     if counts["folded"]:
         used = {name for node in model.graph.node for name in node.input}
         keep = [t for t in model.graph.initializer if t.name in used]
@@ -223,7 +221,8 @@ def folded_onnx(path: Path) -> tuple[bytes, FoldReport] | None:
         head = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - not ONNX at all: OpenVINO's own reading reports it
         return None
-    if has_external_data(head) or not _has_zero_points(head.graph):
+    inits = {t.name: t for t in head.graph.initializer}
+    if has_external_data(head) or not any(_has_zero_point(node, inits) for node in head.graph.node):
         return None
     model = load_onnx(path)
     report = fold_zero_points(model)
@@ -232,12 +231,9 @@ def folded_onnx(path: Path) -> tuple[bytes, FoldReport] | None:
     return model.SerializeToString(), report
 
 
-def _has_zero_points(graph: onnx.GraphProto) -> bool:
-    """Whether some QuantizeLinear has a uint8 zero point other than 0 (cheap: zero points are tiny initializers)."""
-    inits = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in inits:
-            zero = numpy_helper.to_array(inits[node.input[2]])
-            if zero.dtype == np.uint8 and zero.any():
-                return True
-    return False
+def _has_zero_point(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether `node` is a QuantizeLinear with a constant uint8 zero point other than 0 (something to fold)."""
+    if node.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits:
+        return False
+    zero = numpy_helper.to_array(inits[node.input[2]])
+    return zero.dtype == np.uint8 and bool(zero.any())

@@ -2,7 +2,8 @@
 
 OpenVINO reads the QDQ ONNX directly and folds QuantizeLinear/DequantizeLinear pairs into
 its int8 kernels, after lowering.py has moved the activation zero points into shifts and biases
-(the same quantization grid; OpenVINO's zero-point-free int8 path is faster); the float layers run in f32 or bf16 (INFERENCE_PRECISION_HINT). With
+(the same quantization grid; OpenVINO's zero-point-free int8 path is faster); the float layers
+run in f32 or bf16 (INFERENCE_PRECISION_HINT). With
 `static_shapes` (the default; measured 1.3-1.5x faster at batch 1 on this model) the model is
 reshaped and compiled once per distinct set of input shapes, lazily, on the first `infer` that
 brings it; otherwise it is compiled once with its dynamic dims. A `CACHE_DIR` keeps compiled

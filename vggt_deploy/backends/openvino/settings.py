@@ -8,7 +8,7 @@ unless told otherwise, so one request uses every thread.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from vggt_deploy.errors import UserError
 
@@ -49,8 +49,7 @@ class OvOptions:
     @classmethod
     def from_dict(cls, data: dict) -> OvOptions:
         """Options as a sidecar records them; unknown keys are ignored (newer sidecars), bad values refused."""
-        known = {k: data[k] for k in ("precision", "hint", "threads", "streams", "static_shapes", "fold_zero_points") if k in data}
-        return cls(**known)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def compile_config(options: OvOptions, precision: str) -> dict:
