@@ -31,7 +31,7 @@ def profile(path: Path, feeds: dict[str, np.ndarray], precision: str) -> dict[tu
     """Microseconds per inference by (node type, kernel), averaged over RUNS runs."""
     ov = import_openvino()
     core = ov.Core()
-    model, _ = read_for_cpu(core, path, fold=True)  # what OvRunner compiles: zero points folded
+    model, _ = read_for_cpu(core, path, fold=True, rewrite=True)  # what OvRunner compiles: lowered
     model.reshape({name: list(value.shape) for name, value in feeds.items()})
     compiled = core.compile_model(model, "CPU", {"PERF_COUNT": True, "PERFORMANCE_HINT": "LATENCY",
                                                  "INFERENCE_NUM_THREADS": 2, "INFERENCE_PRECISION_HINT": precision})

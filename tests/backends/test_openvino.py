@@ -83,7 +83,7 @@ def test_fp32_onnx_matches_onnx_runtime(tiny_export):
 
 def test_qdq_onnx_runs_int8_kernels_and_matches_onnx_runtime(tiny_export, qdq_file):
     with OrtRunner(qdq_file) as ort, OvRunner(qdq_file, precision="f32") as runner, \
-            OvRunner(qdq_file, precision="f32", fold_zero_points=False) as kept:
+            OvRunner(qdq_file, precision="f32", fold_zero_points=False, rewrite_graph=False) as kept:
         for batch, seed in ((1, 0), (3, 1)):
             feeds = _feeds(tiny_export, batch, seed)
             ref, out, unfolded = ort.infer(feeds), runner.infer(feeds), kept.infer(feeds)
@@ -91,6 +91,7 @@ def test_qdq_onnx_runs_int8_kernels_and_matches_onnx_runtime(tiny_export, qdq_fi
                 assert _rel(out[key], ref[key]) < QDQ_REL, key
                 assert _rel(unfolded[key], ref[key]) < QDQ_REL, key
         assert runner.fold_report.folded >= 10 and kept.fold_report is None  # zero points folded by default
+        assert runner.rewrite_report.total >= 3 and kept.rewrite_report is None  # and the graph rewritten
         compiled = next(iter(runner.compiled.values()))[0]
         precisions = {op.get_rt_info()["runtimePrecision"].astype(str)
                       for op in compiled.get_runtime_model().get_ordered_ops()
@@ -122,6 +123,8 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
     assert side["options"]["static_shapes"] and set(side["compile_ms"]) == {"1", "2"}
     assert side["options"]["fold_zero_points"] and side["zero_points_folded"] >= 10
     assert "folded the zero points of" in _BUILT["output"]
+    assert side["options"]["rewrite_graph"] and side["graph_rewrites"]["fused_matmuls"] >= 1
+    assert "rewrote the graph for OpenVINO" in _BUILT["output"]
     assert side["ir_size_mb"] > 0 and "IR" in _BUILT["output"] and "batch 2 in" in _BUILT["output"]
     feeds = _feeds(tiny_export, 2)
     with OvRunner(built) as folder, OvRunner(qdq_file, precision="f32") as plain:
@@ -137,11 +140,13 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
 
 
 def test_keep_zero_points_builds_the_file_as_it_is(qdq_file, tiny_export, tmp_path):
-    result = _run("build-ov", "--onnx", qdq_file, "-o", tmp_path / "kept", "--precision", "f32", "--keep-zero-points")
+    result = _run("build-ov", "--onnx", qdq_file, "-o", tmp_path / "kept", "--precision", "f32", "--keep-zero-points",
+                  "--no-rewrites")
     assert result.exit_code == 0, result.output
     side = json.loads((tmp_path / "kept" / "model.json").read_text())
     assert side["zero_points_folded"] == 0 and side["options"]["fold_zero_points"] is False
-    assert "folded" not in result.output
+    assert side["graph_rewrites"] == {} and side["options"]["rewrite_graph"] is False
+    assert "folded" not in result.output and "rewrote" not in result.output
     feeds = _feeds(tiny_export, 1)
     with OvRunner(tmp_path / "kept") as kept, OrtRunner(qdq_file) as ort:
         out, ref = kept.infer(feeds), ort.infer(feeds)

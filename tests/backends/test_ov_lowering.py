@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from vggt_deploy.backends.openvino.lowering import fold_zero_points, folded_onnx
+from vggt_deploy.backends.openvino.lowering import fold_zero_points, lowered_onnx
 
 K, N = 8, 6
 
@@ -95,9 +95,9 @@ def test_nothing_to_fold_leaves_the_model_alone(tmp_path):
     before = model.SerializeToString()
     assert fold_zero_points(model).folded == 0 and model.SerializeToString() == before
     onnx.save(model, tmp_path / "m.onnx")
-    assert folded_onnx(tmp_path / "m.onnx") is None  # OpenVINO then reads the file itself
+    assert lowered_onnx(tmp_path / "m.onnx") is None  # nothing to fold or rewrite: OpenVINO reads the file itself
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    assert folded_onnx(tmp_path / "junk.onnx") is None  # and reports the junk in its own words
+    assert lowered_onnx(tmp_path / "junk.onnx") is None  # and reports the junk in its own words
 
 
 def test_the_tiny_qdq_export_folds_and_computes_the_same(tiny_model_dir, tiny_plan_text, tmp_path):
@@ -106,9 +106,10 @@ def test_the_tiny_qdq_export_folds_and_computes_the_same(tiny_model_dir, tiny_pl
 
     out = export_from_model(tiny_model_dir, tmp_path / "qdq", parse_plan(tiny_plan_text, "tiny.yaml"))
     before = out.qdq.read_bytes()
-    data, report = folded_onnx(out.qdq)
+    data, lowering = lowered_onnx(out.qdq, rewrite=False)
+    report = lowering.fold
     assert out.qdq.read_bytes() == before  # the user's file is never rewritten
-    assert report.folded >= 10 and report.biases >= report.folded
+    assert report.folded >= 10 and report.biases >= report.folded and lowering.rewrites is None
     folded = onnx.load_from_string(data)
     feeds = {"images": np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32),
              "query_embeds": np.load(out.fp32.parent / "queries.npy")}

@@ -120,11 +120,12 @@ def test_smoothing_helps_on_layernorm_outlier_channels(setup):
 
 
 @pytest.mark.parametrize("variant", MASSIVE)
-def test_zero_point_folding_is_safe_on_outlier_models(setup, variant):
-    """OpenVINO's zero-point folding (on by default) on a QDQ model whose ranges hold massive activations
-    (a huge fc2 input range, zero points far from 128). The grid is the same, so only float rounding of the
-    shift differs: as much as two runtimes differ on one file. Folded and kept, OpenVINO gives the same
-    accuracy against FP32, and the two agree with each other on every image."""
+def test_openvino_lowering_is_safe_on_outlier_models(setup, variant):
+    """OpenVINO's lowering (on by default: zero points folded, then the exact rewrites, here q/k/v fused and
+    the patch embedding's transpose moved) on a QDQ model whose ranges hold massive activations (a huge fc2
+    input range, zero points far from 128). The grid is the same, so only float rounding differs: as much as
+    two runtimes differ on one file. Lowered and as exported, OpenVINO gives the same accuracy against FP32,
+    and the two agree with each other on every image."""
     pytest.importorskip("openvino")
     from vggt_deploy.backends.openvino.runner import OvRunner
 
@@ -132,9 +133,11 @@ def test_zero_point_folding_is_safe_on_outlier_models(setup, variant):
                                 plan_text(setup["calib"], None))
     inputs, outs = setup["inputs"], {}
     for fold in (True, False):
-        with OvRunner(qdq, precision="f32", fold_zero_points=fold) as runner:
+        with OvRunner(qdq, precision="f32", fold_zero_points=fold, rewrite_graph=fold) as runner:
             runs = [runner.infer({"images": inputs[i : i + 1]}) for i in range(len(inputs))]
             assert (runner.fold_report is not None and runner.fold_report.folded >= 8) == fold
+            rewrites = runner.rewrite_report
+            assert (rewrites is not None and rewrites.fused_matmuls >= 2 and rewrites.conv_tokens == 1) == fold
         outs[fold] = {name: np.concatenate([r[name] for r in runs]) for name in OUTPUTS}
     folded, kept = (compare(setup["fp32"][variant], outs[f]) for f in (True, False))
     for name in OUTPUTS:

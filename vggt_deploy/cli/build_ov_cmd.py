@@ -31,19 +31,25 @@ from vggt_deploy.cli.app import main
               help="Read the QDQ file's activation zero points as they are, instead of folding them into a shift "
                    "and the next layer's bias (the same quantization grid; OpenVINO's int8 layers run faster "
                    "without zero points).")
+@click.option("--no-rewrites", is_flag=True,
+              help="Compile the graph as exported, without the exact rewrites that merge nodes for OpenVINO "
+                   "(sibling int8 MatMuls fused, key LayerNorm affines moved into the query's, conv outputs "
+                   "transposed in their own layout).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(1), multiple=True, default=(1,), show_default=True,
               help="Image batch size to compile ahead; repeat for several. Others compile on first use.")
 @click.option("--num-queries", type=click.IntRange(1), default=None,
               help="Rows of query_embeds to compile for (default: the category count eval and bench use).")
 def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, threads: int | None,
-             streams: int | None, dynamic_shapes: bool, keep_zero_points: bool, batch_sizes: tuple[int, ...],
+             streams: int | None, dynamic_shapes: bool, keep_zero_points: bool,
+             no_rewrites: bool, batch_sizes: tuple[int, ...],
              num_queries: int | None) -> None:
     """Convert an ONNX model to OpenVINO IR and compile it for this CPU; run it with `eval/infer --openvino DIR`."""
     from vggt_deploy.backends.openvino.build import build_ov as run
     from vggt_deploy.backends.openvino.settings import OvOptions
 
     options = OvOptions(precision=precision, hint=hint, threads=threads, streams=streams,
-                        static_shapes=not dynamic_shapes, fold_zero_points=not keep_zero_points)
+                        static_shapes=not dynamic_shapes, fold_zero_points=not keep_zero_points,
+                        rewrite_graph=not no_rewrites)
     sidecar = run(onnx_file, output, options, batch_sizes=tuple(batch_sizes), num_queries=num_queries)
     compiled = ", ".join(f"batch {k} in {v:.0f} ms" if k != "dynamic" else f"dynamic shapes in {v:.0f} ms"
                          for k, v in sidecar["compile_ms"].items())
@@ -52,4 +58,9 @@ def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, th
     if sidecar["zero_points_folded"]:
         click.echo(f"folded the zero points of {sidecar['zero_points_folded']} int8 activation(s) "
                    "(--keep-zero-points to read them as they are)")
+    rewrites = sidecar["graph_rewrites"]
+    if rewrites:
+        click.echo(f"rewrote the graph for OpenVINO: {rewrites['fused_matmuls']} sibling MatMul group(s) fused, "
+                   f"{rewrites['key_affines']} key norm affine(s) moved, {rewrites['conv_tokens']} conv layout "
+                   "transpose(s) (--no-rewrites to compile it as exported)")
     click.echo(f"compiled {compiled}; cached in {output / 'cache'}; settings: {output / 'model.json'}")

@@ -8,9 +8,10 @@ the vggt_small mixed IR is the QDQ ONNX's size, the FP32 IR half the FP32 ONNX's
 compiled once per batch size into the folder's `cache/`, so the runner on the box starts from
 the cached blobs. OpenVINO keys cached blobs by the model's content and the compile config when
 the model is given as an object (as the runner does), not by its path, so the cache stays
-valid when the staging folder is renamed into place. Unless told not to, the activation zero
-points of a QDQ file are folded first (lowering.py: the same grid, a faster int8 path), so the IR
-holds the folded graph. `model.json` records the OpenVINO
+valid when the staging folder is renamed into place. Unless told not to, the file is lowered
+first (lowering.py: a QDQ file's activation zero points folded, the same grid on a faster int8
+path; then the exact rewrites of rewrites.py, fewer nodes), so the IR holds the lowered graph.
+`model.json` records the OpenVINO
 version, the CPU and its flags, the options, the source ONNX and its sha256, and the plan
 facts the QDQ export wrote; the runner refuses the folder when any of the first three differ.
 """
@@ -18,6 +19,7 @@ facts the QDQ export wrote; the runner refuses the folder when any of the first 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +100,9 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
     check_precision(precision)
     config = compile_config(options, precision)
     core = ov.Core()
-    model, folded = read_for_cpu(core, onnx_file, options.fold_zero_points)
+    model, lowering = read_for_cpu(core, onnx_file, options.fold_zero_points, options.rewrite_graph)
+    folded = lowering.fold if lowering else None
+    rewrites = lowering.rewrites if lowering else None
     queries = num_queries or default_num_queries()
     with OutputFolder(out_dir, replaces=previous_build(out_dir)) as tmp:
         try:
@@ -126,6 +130,7 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
             "num_queries": queries if options.static_shapes else None,
             "compile_ms": compile_ms, "ir_size_mb": round(_ir_size_mb(tmp), 3),
             "zero_points_folded": folded.folded if folded else 0,
+            "graph_rewrites": asdict(rewrites) if rewrites else {},
         }
         atomic_write_json(tmp / SIDECAR, sidecar)
     return sidecar

@@ -1,4 +1,7 @@
-"""Zero-point folding: a QDQ file's activation zero points moved into a shift and the biases, for OpenVINO.
+"""How an ONNX file is lowered for OpenVINO's CPU plugin: zero-point folding here, then the exact rewrites
+of rewrites.py (`lowered_onnx` runs both).
+
+Zero-point folding: a QDQ file's activation zero points moved into a shift and the biases.
 
 Why: OpenVINO's CPU plugin runs an int8 FullyConnected faster when its activations carry no
 zero point: it then takes its "legacy" quantized FC path (measured on the shipped plan, FCs 6%
@@ -29,6 +32,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from vggt_deploy.backends.openvino.onnx_graph import GraphIndex
+from vggt_deploy.backends.openvino.rewrites import RewriteReport, rewrite_for_cpu
+
 SUFFIX = "_zpfold"
 MOVES = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")  # move values, never change them
 
@@ -42,41 +48,7 @@ class FoldReport:
     biases: int
 
 
-class _Graph:
-    """Producer, consumer and initializer lookups over one ONNX graph."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.graph = graph
-        self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in graph.output}
-        self.names = set(self.inits) | set(self.producer) | {i.name for i in graph.input}
-
-    def const(self, name: str) -> np.ndarray | None:
-        tensor = self.inits.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.names:
-            i += 1
-            name = f"{base}{i}"
-        self.names.add(name)
-        return name
-
-    def add_init(self, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        tensor = numpy_helper.from_array(value, name)
-        self.graph.initializer.append(tensor)
-        self.inits[name] = tensor
-        return name
-
-
-def _dequantized_weight(g: _Graph, name: str) -> np.ndarray | None:
+def _dequantized_weight(g: GraphIndex, name: str) -> np.ndarray | None:
     """The float value of a MatMul's weight input: an initializer, or a DequantizeLinear of initializers."""
     direct = g.const(name)
     if direct is not None:
@@ -97,7 +69,7 @@ def _dequantized_weight(g: _Graph, name: str) -> np.ndarray | None:
     return (q - zero) * scale
 
 
-def _weight_sums(g: _Graph, consumer: onnx.NodeProto, x_name: str) -> np.ndarray | None:
+def _weight_sums(g: GraphIndex, consumer: onnx.NodeProto, x_name: str) -> np.ndarray | None:
     """Σₖ W[k, :] when `consumer` is x·W with W constant (x its only activation input), else None."""
     if consumer.op_type != "MatMul" or list(consumer.input).count(x_name) != 1 or consumer.input[0] != x_name:
         return None
@@ -105,7 +77,7 @@ def _weight_sums(g: _Graph, consumer: onnx.NodeProto, x_name: str) -> np.ndarray
     return None if weight is None or weight.ndim != 2 else weight.sum(axis=0)
 
 
-def _correct_bias(g: _Graph, matmul: onnx.NodeProto, correction: np.ndarray) -> None:
+def _correct_bias(g: GraphIndex, matmul: onnx.NodeProto, correction: np.ndarray) -> None:
     """Add `correction` (N,) to matmul's output: into its constant bias Add when it has one, else as a new Add."""
     users = g.consumers.get(matmul.output[0], [])
     if len(users) == 1 and users[0].op_type == "Add" and matmul.output[0] not in g.outputs:
@@ -125,7 +97,7 @@ def _correct_bias(g: _Graph, matmul: onnx.NodeProto, correction: np.ndarray) -> 
     g.graph.node.insert(list(g.graph.node).index(matmul) + 1, add)
 
 
-def _fixes(g: _Graph, deqs: list[onnx.NodeProto]) -> list[tuple[onnx.NodeProto, np.ndarray]] | None:
+def _fixes(g: GraphIndex, deqs: list[onnx.NodeProto]) -> list[tuple[onnx.NodeProto, np.ndarray]] | None:
     """(MatMul, Σₖ W[k, :]) for every MatMul the dequantized values reach, or None when some consumer cannot
     take a bias correction. Data movement in between (Transpose, Reshape, ...) carries the constant shift
     unchanged, so it is walked through."""
@@ -146,7 +118,7 @@ def _fixes(g: _Graph, deqs: list[onnx.NodeProto]) -> list[tuple[onnx.NodeProto, 
     return fixes
 
 
-def _fold_one(g: _Graph, quant: onnx.NodeProto, counts: dict[str, int]) -> bool:
+def _fold_one(g: GraphIndex, quant: onnx.NodeProto, counts: dict[str, int]) -> bool:
     """Rewrite one uint8 per-tensor activation quantizer and its dequantizers; False (untouched) if unsafe.
 
     Preferred: uint8 with zero point 0 reading x + z·s (VNNI multiplies uint8 by int8 natively).
@@ -195,7 +167,7 @@ def fold_zero_points(model: onnx.ModelProto) -> FoldReport:
     each new Add sits right before the quantizer it feeds. Initializers the rewrite left unused
     (old zero points and biases) are dropped.
     """
-    g = _Graph(model.graph)
+    g = GraphIndex(model.graph)
     counts = {"folded": 0, "kept": 0, "biases": 0}
     for quant in list(model.graph.node):  # a snapshot: folding inserts nodes
         if _has_zero_point(quant, g.inits) and quant.input[0] not in g.inits:  # not a weight's quantizer
@@ -208,27 +180,39 @@ def fold_zero_points(model: onnx.ModelProto) -> FoldReport:
     return FoldReport(**counts)
 
 
-def folded_onnx(path: Path) -> tuple[bytes, FoldReport] | None:
-    """`path` with its zero points folded, serialized for `core.read_model(io.BytesIO(...))`.
+@dataclass(frozen=True)
+class Lowering:
+    """What happened to a file on its way into OpenVINO; None for a step that was not asked for."""
 
-    None when there is nothing to fold (an FP32 or symmetric-int8 file), or when the model keeps
-    its weights in external data (above 2 GB: it cannot travel as one protobuf), which OpenVINO
-    then reads as it is. Files are checked by `load_onnx` first (one UserError naming the file).
+    fold: FoldReport | None
+    rewrites: RewriteReport | None
+
+
+def lowered_onnx(path: Path, fold: bool = True, rewrite: bool = True) -> tuple[bytes, Lowering] | None:
+    """`path` as OpenVINO should read it: zero points folded (`fold`), then the exact rewrites of
+    rewrites.py (`rewrite`), serialized for `core.read_model(io.BytesIO(...))`.
+
+    None when neither changed anything, or when the model keeps its weights in external data (above
+    2 GB: it cannot travel as one protobuf), which OpenVINO then reads as it is. Files are checked by
+    `load_onnx` first (one UserError naming the file).
     """
     from vggt_deploy.graph.onnx_io import has_external_data, load_onnx, over_2gb
 
+    if not (fold or rewrite):
+        return None
     try:
         head = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - not ONNX at all: OpenVINO's own reading reports it
         return None
     inits = {t.name: t for t in head.graph.initializer}
-    if has_external_data(head) or not any(_has_zero_point(node, inits) for node in head.graph.node):
+    if has_external_data(head) or not (rewrite or any(_has_zero_point(node, inits) for node in head.graph.node)):
         return None
     model = load_onnx(path)
-    report = fold_zero_points(model)
-    if not report.folded or over_2gb(model):
+    folded = fold_zero_points(model) if fold else None
+    rewrites = rewrite_for_cpu(model) if rewrite else None
+    if not ((folded and folded.folded) or (rewrites and rewrites.total)) or over_2gb(model):
         return None
-    return model.SerializeToString(), report
+    return model.SerializeToString(), Lowering(folded, rewrites)
 
 
 def _has_zero_point(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:

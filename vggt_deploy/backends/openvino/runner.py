@@ -34,7 +34,8 @@ from vggt_deploy.backends.openvino.loader import (
     ov_reason,
     read_model,
 )
-from vggt_deploy.backends.openvino.lowering import FoldReport, folded_onnx
+from vggt_deploy.backends.openvino.lowering import FoldReport, Lowering, lowered_onnx
+from vggt_deploy.backends.openvino.rewrites import RewriteReport
 from vggt_deploy.backends.openvino.settings import OvOptions, compile_config
 from vggt_deploy.backends.openvino.sidecar import CACHE, check_sidecar, read_sidecar
 from vggt_deploy.errors import UserError
@@ -55,13 +56,14 @@ def reshaped(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
     return copy
 
 
-def read_for_cpu(core: Any, path: Path, fold: bool) -> tuple[Any, FoldReport | None]:
-    """The model OpenVINO compiles: an .onnx with its zero points folded when `fold` and it has any, else the file."""
-    if fold and path.suffix.lower() == ".onnx":
-        folded = folded_onnx(path)
-        if folded is not None:
-            data, report = folded
-            return read_model(core, path, data=data), report
+def read_for_cpu(core: Any, path: Path, fold: bool, rewrite: bool) -> tuple[Any, Lowering | None]:
+    """The model OpenVINO compiles: an .onnx lowered by lowering.py (zero points folded when `fold`, the exact
+    rewrites when `rewrite`) where that changes anything, else the file as it is."""
+    if path.suffix.lower() == ".onnx":
+        lowered = lowered_onnx(path, fold=fold, rewrite=rewrite)
+        if lowered is not None:
+            data, lowering = lowered
+            return read_model(core, path, data=data), lowering
     return read_model(core, path), None
 
 
@@ -103,17 +105,19 @@ class OvRunner(Runner):
         streams: NUM_STREAMS (None: 1 with the latency hint).
         static_shapes: compile per input-shape set (None: the folder's, else True) or once with dynamic dims.
         fold_zero_points: read a QDQ .onnx with its activation zero points folded (None: True; see lowering.py).
+        rewrite_graph: apply the exact rewrites of rewrites.py to an .onnx (None: True).
         cache_dir: compiled-blob cache (a build-ov folder uses its own cache/ unless this is given).
     """
 
     def __init__(self, path: str | Path, name: str = "openvino", threads: int | None = None,
                  precision: str | None = None, hint: str | None = None, streams: int | None = None,
                  static_shapes: bool | None = None, cache_dir: str | Path | None = None,
-                 fold_zero_points: bool | None = None) -> None:
+                 fold_zero_points: bool | None = None, rewrite_graph: bool | None = None) -> None:
         super().__init__(name)
         self.path = Path(path)
         self._asked = {"threads": threads, "precision": precision, "hint": hint, "streams": streams,
-                       "static_shapes": static_shapes, "fold_zero_points": fold_zero_points}
+                       "static_shapes": static_shapes, "fold_zero_points": fold_zero_points,
+                       "rewrite_graph": rewrite_graph}
         OvOptions(**{k: v for k, v in self._asked.items() if v is not None})  # bad values refused at once
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.sidecar: dict | None = None
@@ -122,7 +126,8 @@ class OvRunner(Runner):
         self.compile_ms: dict[ShapeKey | None, float] = {}
         self.loaded_from_cache: dict[ShapeKey | None, bool] = {}
         self.core = self.model = None
-        self.fold_report: FoldReport | None = None
+        self.fold_report: FoldReport | None = None  # None: not folded
+        self.rewrite_report: RewriteReport | None = None  # None: not rewritten
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -149,7 +154,10 @@ class OvRunner(Runner):
         if cache_dir is not None:
             set_cache(self.core, cache_dir, cache_required)
         self.model_file = model_file
-        self.model, self.fold_report = read_for_cpu(self.core, model_file, self.options.fold_zero_points)
+        self.model, lowering = read_for_cpu(self.core, model_file, self.options.fold_zero_points,
+                                            self.options.rewrite_graph)
+        if lowering is not None:
+            self.fold_report, self.rewrite_report = lowering.fold, lowering.rewrites
         self.metadata = model_metadata(self.model)
         self.precision, self.precision_note = self._precision(self.options.precision)
         check_precision(self.precision)

@@ -31,6 +31,7 @@ class OvOptions:
     streams: int | None = None  # NUM_STREAMS; None: 1 for latency, OpenVINO's choice for throughput
     static_shapes: bool = True  # compile per input-shape set (faster at batch 1) instead of once, dynamic
     fold_zero_points: bool = True  # a QDQ ONNX's activation zero points folded into shifts (lowering.py)
+    rewrite_graph: bool = True  # exact rewrites into fewer OpenVINO nodes (rewrites.py)
 
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in PRECISIONS:
@@ -39,7 +40,7 @@ class OvOptions:
             raise UserError(f"OpenVINO hint must be one of {', '.join(HINTS)}, got {self.hint!r}")
         _count("threads", self.threads)
         _count("streams", self.streams)
-        for flag in ("static_shapes", "fold_zero_points"):
+        for flag in ("static_shapes", "fold_zero_points", "rewrite_graph"):
             if not isinstance(getattr(self, flag), bool):
                 raise UserError(f"OpenVINO {flag} must be true or false, got {getattr(self, flag)!r}")
 

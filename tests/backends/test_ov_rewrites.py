@@ -1,0 +1,213 @@
+"""Exact OpenVINO rewrites (backends/openvino/rewrites.py): fewer nodes, the same function in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from vggt_deploy.backends.openvino.lowering import fold_zero_points, lowered_onnx
+from vggt_deploy.backends.openvino.onnx_graph import GraphIndex
+from vggt_deploy.backends.openvino.rewrites import (
+    conv_tokens,
+    fold_key_affines,
+    fuse_sibling_matmuls,
+    rewrite_for_cpu,
+)
+
+B, T, C, HEADS = 2, 5, 8, 2
+HS = C // HEADS
+
+
+def _init(name, value):
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _model(nodes, inits, inputs, outputs) -> onnx.ModelProto:
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+def _attention(softmax_axis: int = -1, scores_out: bool = False) -> onnx.ModelProto:
+    """q/k projections with per-head LayerNorms (as model/layers.py exports them), Q·Kᵀ + mask, softmax."""
+    rng = np.random.default_rng(0)
+    inits = [_init("wq", rng.normal(size=(C, C)).astype(np.float32)),
+             _init("wk", rng.normal(size=(C, C)).astype(np.float32)),
+             _init("flat", np.array([-1, T * HEADS, HS], np.int64)), _init("heads", np.array([-1, T, HEADS, HS], np.int64)),
+             _init("mask", rng.normal(size=(T, T)).astype(np.float32))]
+    for side in "qk":  # affines far from identity, so a wrong fold shows
+        inits += [_init(f"g{side}", rng.uniform(0.3, 3.0, HS).astype(np.float32)),
+                  _init(f"b{side}", rng.normal(size=HS).astype(np.float32))]
+    nodes = []
+    for side, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1])):
+        nodes += [helper.make_node("MatMul", ["x", f"w{side}"], [f"{side}_lin"]),
+                  helper.make_node("Reshape", [f"{side}_lin", "flat"], [f"{side}_flat"]),
+                  helper.make_node("LayerNormalization", [f"{side}_flat", f"g{side}", f"b{side}"], [f"{side}_norm"],
+                                   axis=-1, name=f"{side}_norm"),
+                  helper.make_node("Reshape", [f"{side}_norm", "heads"], [f"{side}_heads"]),
+                  helper.make_node("Transpose", [f"{side}_heads"], [f"{side}_t"], perm=perm)]
+    nodes += [helper.make_node("MatMul", ["q_t", "k_t"], ["scores"]),
+              helper.make_node("Add", ["scores", "mask"], ["masked"]),
+              helper.make_node("Softmax", ["masked"], ["probs"], axis=softmax_axis)]
+    outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [B, HEADS, T, T])]
+    if scores_out:
+        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [B, HEADS, T, T]))
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, C])], outputs)
+
+
+def _x(seed=1):
+    return {"x": np.random.default_rng(seed).normal(size=(B, T, C)).astype(np.float32)}
+
+
+def _norm(model, name):
+    return next(n for n in model.graph.node if n.name == name)
+
+
+def test_key_affine_moves_into_the_query_and_attention_is_unchanged():
+    model = _attention()
+    before = _run(model, _x())
+    assert fold_key_affines(GraphIndex(model.graph)) == 1
+    onnx.checker.check_model(model)
+    k_norm, q_norm = _norm(model, "k_norm"), _norm(model, "q_norm")
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert len(k_norm.input) == 2 and np.all(inits[k_norm.input[1]] == 1)  # no affine left on the key
+    np.testing.assert_allclose(inits[q_norm.input[1]], inits["gq"] * inits["gk"], rtol=1e-6)
+    np.testing.assert_allclose(_run(model, _x())[0], before[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["scores are an output", "softmax over another axis"])
+def test_key_affine_stays_where_the_logits_themselves_matter(case):
+    model = _attention(scores_out=True) if case == "scores are an output" else _attention(softmax_axis=1)
+    before = model.SerializeToString()
+    assert fold_key_affines(GraphIndex(model.graph)) == 0 and model.SerializeToString() == before
+
+
+def _conv_tokens_model(extra_reader: bool = False) -> onnx.ModelProto:
+    """The patch embedding's flatten(2).transpose(1, 2) after a 1x1 Conv."""
+    rng = np.random.default_rng(0)
+    inits = [_init("w", rng.normal(size=(6, 3, 1, 1)).astype(np.float32)), _init("b", rng.normal(size=6).astype(np.float32)),
+             _init("flat", np.array([-1, 6, 16], np.int64))]
+    nodes = [helper.make_node("Conv", ["img", "w", "b"], ["feat"]),
+             helper.make_node("Reshape", ["feat", "flat"], ["grid"]),
+             helper.make_node("Transpose", ["grid"], ["tokens"], perm=[0, 2, 1]),
+             helper.make_node("Relu", ["tokens"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 16, 6])]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["grid"], ["grid_out"]))
+        outputs.append(helper.make_tensor_value_info("grid_out", TensorProto.FLOAT, [2, 6, 16]))
+    return _model(nodes, inits, [helper.make_tensor_value_info("img", TensorProto.FLOAT, [2, 3, 4, 4])], outputs)
+
+
+def test_conv_tokens_transpose_in_the_conv_layout():
+    model = _conv_tokens_model()
+    feeds = {"img": np.random.default_rng(2).normal(size=(2, 3, 4, 4)).astype(np.float32)}
+    before = _run(model, feeds)
+    assert conv_tokens(GraphIndex(model.graph)) == 1
+    onnx.checker.check_model(model)
+    perms = [list(helper.get_attribute_value(a)) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert perms == [[0, 2, 3, 1]]
+    np.testing.assert_array_equal(_run(model, feeds)[0], before[0])
+
+
+def test_conv_tokens_leave_a_grid_that_is_read_elsewhere():
+    model = _conv_tokens_model(extra_reader=True)
+    assert conv_tokens(GraphIndex(model.graph)) == 0
+
+
+K, N = 8, (6, 6, 4)
+
+
+def _siblings(other_scale: bool = False) -> onnx.ModelProto:
+    """Three int8 MatMuls behind their own (equal) activation quantizers, as the exporter writes q, k and v:
+    per-channel weights with a bias, per-tensor weights with a bias, per-channel weights without one; and a
+    fourth whose quantizer has another scale (`other_scale`), which must stay apart."""
+    rng = np.random.default_rng(0)
+    inits = [_init("s", np.float32(0.05)), _init("s2", np.float32(0.07)), _init("z", np.uint8(37))]
+    nodes, outputs = [], []
+    for i, n in enumerate((*N, 5) if other_scale else N):
+        scale = "s2" if i == 3 else "s"
+        per_tensor = i == 1
+        inits += [_init(f"w{i}", rng.integers(-127, 128, (K, n)).astype(np.int8)),
+                  _init(f"ws{i}", np.float32(0.01) if per_tensor else rng.uniform(0.005, 0.02, n).astype(np.float32)),
+                  _init(f"wz{i}", np.int8(0) if per_tensor else np.zeros(n, np.int8))]
+        nodes += [helper.make_node("QuantizeLinear", ["x", scale, "z"], [f"xq{i}"]),
+                  helper.make_node("DequantizeLinear", [f"xq{i}", scale, "z"], [f"xd{i}"]),
+                  helper.make_node("DequantizeLinear", [f"w{i}", f"ws{i}", f"wz{i}"], [f"wd{i}"], axis=1),
+                  helper.make_node("MatMul", [f"xd{i}", f"wd{i}"], [f"mm{i}"])]
+        result = f"mm{i}"
+        if i != 2:
+            inits.append(_init(f"b{i}", rng.normal(size=n).astype(np.float32)))
+            nodes.append(helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"y{i}"]))
+            result = f"y{i}"
+        nodes.append(helper.make_node("Relu", [result], [f"out{i}"]))
+        outputs.append(helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [B, T, n]))
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, K])], outputs)
+
+
+def _xk(seed=3):
+    return {"x": np.random.default_rng(seed).normal(size=(B, T, K)).astype(np.float32)}
+
+
+def test_sibling_matmuls_run_as_one_and_compute_the_same():
+    model = _siblings(other_scale=True)
+    before = _run(model, _xk())
+    report = rewrite_for_cpu(model)
+    onnx.checker.check_model(model)
+    assert report.fused_matmuls == 1 and _ops(model).count("MatMul") == 2 and _ops(model).count("Split") == 1
+    assert _ops(model).count("QuantizeLinear") == 2  # the fused group's spare quantizers were dropped
+    for got, ref in zip(_run(model, _xk()), before):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_siblings_are_found_after_zero_point_folding(tmp_path):
+    """Folding gives each quantizer its own shift Add: the siblings still read the same values."""
+    model = _siblings()
+    before = _run(model, _xk())
+    onnx.save(model, tmp_path / "m.onnx")
+    data, lowering = lowered_onnx(tmp_path / "m.onnx")
+    assert lowering.fold.folded == 3 and lowering.rewrites.fused_matmuls == 1
+    lowered = onnx.load_from_string(data)
+    assert _ops(lowered).count("MatMul") == 1
+    for got, ref in zip(_run(lowered, _xk()), before):  # folding's rounding flips only
+        np.testing.assert_allclose(got, ref, atol=0.05 * np.abs(ref).max())
+    folded_only = _siblings()
+    fold_zero_points(folded_only)
+    assert fuse_sibling_matmuls(GraphIndex(folded_only.graph)) == 1
+
+
+def test_the_tiny_export_lowers_to_fewer_nodes_and_the_same_outputs(tiny_model_dir, tiny_plan_text, tmp_path):
+    from vggt_deploy.compile import export_from_model
+    from vggt_deploy.quant.plan import parse_plan
+
+    plan = tiny_plan_text.replace('  - match: "grounding.*"\n    precision: fp32\n', "")  # int8 siblings there too
+    out = export_from_model(tiny_model_dir, tmp_path / "qdq", parse_plan(plan, "tiny.yaml"))
+    feeds = {"images": np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32),
+             "query_embeds": np.load(out.fp32.parent / "queries.npy")}
+    for path in (out.fp32, out.qdq):
+        before = path.read_bytes()
+        data, lowering = lowered_onnx(path, fold=False)
+        assert path.read_bytes() == before  # the user's file is never rewritten
+        rewrites = lowering.rewrites
+        assert rewrites.key_affines >= 2 and rewrites.conv_tokens == 1, rewrites
+        assert rewrites.fused_matmuls >= (2 if path == out.qdq else 0), rewrites  # int8 weights only
+        lowered = onnx.load_from_string(data)
+        original = onnx.load(path)
+        fewer = len(original.graph.node) - len(lowered.graph.node)
+        assert fewer > 0 if path == out.qdq else fewer == 0  # the float rewrites drop nodes only in OpenVINO
+        for ref, got in zip(_run(original, feeds), _run(lowered, feeds)):
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        assert {m.key: m.value for m in lowered.metadata_props} == {m.key: m.value for m in original.metadata_props}
