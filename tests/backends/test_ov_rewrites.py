@@ -14,6 +14,7 @@ from vggt_deploy.backends.openvino.rewrites import (
     conv_tokens,
     fold_key_affines,
     fuse_sibling_matmuls,
+    quantize_before_moves,
     rewrite_for_cpu,
 )
 
@@ -203,6 +204,7 @@ def test_the_tiny_export_lowers_to_fewer_nodes_and_the_same_outputs(tiny_model_d
         assert path.read_bytes() == before  # the user's file is never rewritten
         rewrites = lowering.rewrites
         assert rewrites.key_affines >= 2 and rewrites.conv_tokens == 1, rewrites
+        assert rewrites.quantizers_moved >= (2 if path == out.qdq else 0), rewrites
         assert rewrites.fused_matmuls >= (2 if path == out.qdq else 0), rewrites  # int8 weights only
         lowered = onnx.load_from_string(data)
         original = onnx.load(path)
@@ -211,3 +213,38 @@ def test_the_tiny_export_lowers_to_fewer_nodes_and_the_same_outputs(tiny_model_d
         for ref, got in zip(_run(original, feeds), _run(lowered, feeds)):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
         assert {m.key: m.value for m in lowered.metadata_props} == {m.key: m.value for m in original.metadata_props}
+
+
+def _attention_output(extra_reader: bool = False) -> onnx.ModelProto:
+    """(B, nh, T, hs) -> Transpose -> Reshape (B, T, C) -> shift Add -> Q -> DQ -> MatMul: the attention
+    output on its way into the projection, as zero-point folding leaves it."""
+    rng = np.random.default_rng(0)
+    inits = [_init("s", np.float32(0.02)), _init("z", np.uint8(0)), _init("shift", np.float32(0.74)),
+             _init("rows", np.array([-1, T, C], np.int64)), _init("w", rng.normal(size=(C, 3)).astype(np.float32))]
+    nodes = [helper.make_node("Transpose", ["heads"], ["seq"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["seq", "rows"], ["flat"]),
+             helper.make_node("Add", ["flat", "shift"], ["shifted"]),
+             helper.make_node("QuantizeLinear", ["shifted", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("MatMul", ["dq", "w"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, T, 3])]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["flat"], ["flat_out"]))
+        outputs.append(helper.make_tensor_value_info("flat_out", TensorProto.FLOAT, [B, T, C]))
+    inputs = [helper.make_tensor_value_info("heads", TensorProto.FLOAT, [B, HEADS, T, HS])]
+    return _model(nodes, inits, inputs, outputs)
+
+
+def test_quantizer_moves_above_the_transpose_and_reshape():
+    model = _attention_output()
+    feeds = {"heads": np.random.default_rng(4).normal(size=(B, HEADS, T, HS)).astype(np.float32)}
+    before = _run(model, feeds)
+    assert rewrite_for_cpu(model).quantizers_moved == 1
+    onnx.checker.check_model(model)
+    assert _ops(model) == ["Add", "QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "MatMul"]
+    np.testing.assert_array_equal(_run(model, feeds)[0], before[0])  # rounding commutes with moving: exact
+
+
+def test_quantizer_stays_below_a_reshape_that_is_read_elsewhere():
+    model = _attention_output(extra_reader=True)
+    assert quantize_before_moves(GraphIndex(model.graph)) == 0
