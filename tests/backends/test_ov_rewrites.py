@@ -16,6 +16,7 @@ from vggt_deploy.backends.openvino.rewrites import (
     fuse_sibling_matmuls,
     quantize_before_moves,
     rewrite_for_cpu,
+    transpose_b,
 )
 
 B, T, C, HEADS = 2, 5, 8, 2
@@ -95,6 +96,17 @@ def test_key_affine_stays_where_the_logits_themselves_matter(case):
     model = _attention(scores_out=True) if case == "scores are an output" else _attention(softmax_axis=1)
     before = model.SerializeToString()
     assert fold_key_affines(GraphIndex(model.graph)) == 0 and model.SerializeToString() == before
+
+
+def test_key_transpose_becomes_a_row_copy_and_a_transpose_b():
+    model = _attention()
+    before = _run(model, _x())
+    assert transpose_b(GraphIndex(model.graph)) == 1
+    assert transpose_b(GraphIndex(model.graph)) == 0  # idempotent: the swap left is what OpenVINO folds
+    onnx.checker.check_model(model)
+    perms = [list(helper.get_attribute_value(a)) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    assert perms == [[0, 2, 1, 3], [0, 2, 1, 3], [0, 1, 3, 2]]  # q's, then k's rows and the swap
+    np.testing.assert_array_equal(_run(model, _x())[0], before[0])
 
 
 def _conv_tokens_model(extra_reader: bool = False) -> onnx.ModelProto:
@@ -205,11 +217,13 @@ def test_the_tiny_export_lowers_to_fewer_nodes_and_the_same_outputs(tiny_model_d
         rewrites = lowering.rewrites
         assert rewrites.key_affines >= 2 and rewrites.conv_tokens == 1, rewrites
         assert rewrites.quantizers_moved >= (2 if path == out.qdq else 0), rewrites
+        assert rewrites.transposes_b >= 2, rewrites
         assert rewrites.fused_matmuls >= (2 if path == out.qdq else 0), rewrites  # int8 weights only
         lowered = onnx.load_from_string(data)
         original = onnx.load(path)
         fewer = len(original.graph.node) - len(lowered.graph.node)
-        assert fewer > 0 if path == out.qdq else fewer == 0  # the float rewrites drop nodes only in OpenVINO
+        # In ONNX the float graph gains the swaps (folded into MatMuls by OpenVINO); the QDQ one loses nodes.
+        assert fewer > 0 if path == out.qdq else fewer == -rewrites.transposes_b
         for ref, got in zip(_run(original, feeds), _run(lowered, feeds)):
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
         assert {m.key: m.value for m in lowered.metadata_props} == {m.key: m.value for m in original.metadata_props}

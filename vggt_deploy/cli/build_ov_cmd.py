@@ -34,7 +34,8 @@ from vggt_deploy.cli.app import main
 @click.option("--no-rewrites", is_flag=True,
               help="Compile the graph as exported, without the exact rewrites that merge nodes for OpenVINO "
                    "(sibling int8 MatMuls fused, key LayerNorm affines moved into the query's, conv outputs "
-                   "transposed in their own layout, quantizers moved above the Transposes before them).")
+                   "transposed in their own layout, key transposes folded into the MatMul, quantizers moved above the "
+                   "Transposes before them).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(1), multiple=True, default=(1,), show_default=True,
               help="Image batch size to compile ahead; repeat for several. Others compile on first use.")
 @click.option("--num-queries", type=click.IntRange(1), default=None,
@@ -62,6 +63,6 @@ def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, th
     if rewrites:
         click.echo(f"rewrote the graph for OpenVINO: {rewrites['fused_matmuls']} sibling MatMul group(s) fused, "
                    f"{rewrites['key_affines']} key norm affine(s) moved, {rewrites['conv_tokens']} conv layout "
-                   f"transpose(s), {rewrites['quantizers_moved']} quantizer(s) moved above data movement "
-                   "(--no-rewrites to compile it as exported)")
+                   f"and {rewrites['transposes_b']} key transpose(s) simplified, {rewrites['quantizers_moved']} "
+                   "quantizer(s) moved above data movement (--no-rewrites to compile it as exported)")
     click.echo(f"compiled {compiled}; cached in {output / 'cache'}; settings: {output / 'model.json'}")
