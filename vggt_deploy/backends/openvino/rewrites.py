@@ -344,7 +344,7 @@ def _scalar(g: GraphIndex, name: str) -> bool:
 def _per_tensor_pair(g: GraphIndex, quant: onnx.NodeProto) -> onnx.NodeProto | None:
     """The one DequantizeLinear after `quant` when both are per-tensor with constant parameters."""
     deq = g.sole_user(quant.output[0])
-    if deq is None or deq.op_type != "DequantizeLinear":
+    if deq is None or deq.op_type != "DequantizeLinear" or deq.output[0] in g.outputs:
         return None
     return deq if all(_scalar(g, name) for name in (*quant.input[1:], *deq.input[1:])) else None
 
