@@ -71,12 +71,21 @@ def test_alternating_timing_statistics():
     assert s.p50 == 2.0 and s.fps == 1000.0
 
 
-def test_batch_sweep_grows_latency_and_writes_benchmarks_md(tiny_export, tmp_path):
+def test_batch_sweep_grows_latency_and_writes_benchmarks_md(tiny_export, tmp_path, monkeypatch):
+    from vggt_deploy.bench import sweep
     from vggt_deploy.bench.benchmarks_doc import render_benchmarks
     from vggt_deploy.bench.sweep import sweep_batch, sweep_markdown
 
+    pools = []
+
+    def recorded(calls, **kwargs):  # the real timing, noting how many rows share each alternating pool
+        pools.append(len(calls))
+        return time_alternating(calls, **kwargs)
+
+    monkeypatch.setattr(sweep, "time_alternating", recorded)
     queries = np.load(tiny_export.fp32.parent / "queries.npy")
     rows = sweep_batch(tiny_export.fp32, tiny_export.fp32, queries, 32, threads=1, rounds=5)
+    assert pools == [len(rows)] == [20]  # every batch size and target side by side, so their ratios compare
     fp32 = [r for r in rows if r["target"] == "ort-fp32"]
     assert [r["batch"] for r in fp32] == [1, 2, 4, 8, 16]
     assert fp32[-1]["p50_ms"] > fp32[0]["p50_ms"]

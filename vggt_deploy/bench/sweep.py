@@ -4,12 +4,15 @@
 - resolution: the vggt_small architecture at several input sizes (untrained
   weights: latency does not depend on them), FP32 and uniform int8, so the
   token count (image_size / 16)^2 is the only thing that changes.
+
+Every row of a sweep is timed in one alternating pool (all batch sizes or all resolutions at once), so
+the ratios between rows are not skewed by the host slowing down partway through the sweep.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +26,45 @@ BATCHES = (1, 2, 4, 8, 16)
 SIZES = (64, 96, 128, 192, 256)
 
 
-def _measure(paths: dict[str, Path], feeds: dict[str, np.ndarray], threads: int, rounds: int) -> dict[str, dict]:
-    """Latency side by side in this process; peak memory of each in a fresh process (memprobe)."""
+@dataclass
+class _Case:
+    """One row of a sweep: its fields (batch or size), the target, the file it runs and what it is fed."""
+
+    fields: dict
+    target: str
+    path: Path
+    feeds: dict[str, np.ndarray]
+
+
+def _measure(cases: list[_Case], threads: int, rounds: int) -> list[dict]:
+    """Rows for `cases`: latency of all of them side by side in one alternating pool, so a slow spell of
+    the host touches every batch size or resolution alike and their ratios compare; peak memory of each in
+    a fresh process (memprobe)."""
     from vggt_deploy.bench.memprobe import peak_rss_mb
 
-    runners, mem = {}, {}
-    images, queries = feeds["images"], feeds["query_embeds"]
-    for name, path in paths.items():
-        runner = _runner(name, path, threads).activate()
-        runner.infer(feeds)
-        runners[name] = runner
-        mem[name] = peak_rss_mb({"backend": "openvino" if name.startswith("ov-") else "onnxruntime", "path": str(path),
-                                 "precision": getattr(runner, "precision", None), "batch": images.shape[0],
-                                 "threads": threads, "image_size": images.shape[-1], "ground_dim": queries.shape[1],
-                                 "num_queries": queries.shape[0]})
-    stats = time_alternating({n: (lambda r=r: r.infer(feeds)) for n, r in runners.items()}, warmup=3, rounds=rounds,
-                             batch=len(feeds["images"]))
-    for r in runners.values():
-        r.close()
-    return {n: {"p50_ms": round(s.p50, 3), "ms_per_image": round(s.p50 / len(feeds["images"]), 3),
-                "fps": round(s.fps, 1), "peak_rss_mb": mem[n]} for n, s in stats.items()}
+    runners, mem, calls = [], [], {}
+    try:
+        for i, case in enumerate(cases):
+            images, queries = case.feeds["images"], case.feeds["query_embeds"]
+            runner = _runner(case.target, case.path, threads).activate()
+            runners.append(runner)
+            runner.infer(case.feeds)
+            mem.append(peak_rss_mb({"backend": "openvino" if case.target.startswith("ov-") else "onnxruntime",
+                                    "path": str(case.path), "precision": getattr(runner, "precision", None),
+                                    "batch": images.shape[0], "threads": threads, "image_size": images.shape[-1],
+                                    "ground_dim": queries.shape[1], "num_queries": queries.shape[0]}))
+            calls[i] = lambda r=runner, f=case.feeds: r.infer(f)
+        stats = time_alternating(calls, warmup=3, rounds=rounds)
+    finally:
+        for r in runners:
+            r.close()
+    rows = []
+    for i, case in enumerate(cases):
+        s, batch = stats[i], len(case.feeds["images"])
+        rows.append({**case.fields, "target": case.target, "p50_ms": round(s.p50, 3),
+                     "ms_per_image": round(s.p50 / batch, 3), "fps": round(1e3 * batch / s.p50, 1),
+                     "peak_rss_mb": mem[i]})
+    return rows
 
 
 def _runner(name: str, path: Path, threads: int):
@@ -55,14 +77,16 @@ def _runner(name: str, path: Path, threads: int):
 
 
 def sweep_batch(fp32: Path, mixed: Path, queries: np.ndarray, size: int, threads: int, rounds: int = 20) -> list[dict]:
-    rows = []
+    cases = []
     for batch in BATCHES:
         feeds = {"images": np.random.default_rng(batch).normal(size=(batch, 3, size, size)).astype(np.float32),
                  "query_embeds": queries}
-        targets = {"ort-fp32": fp32, "ort-mixed": mixed, "ov-bf16": fp32, "ov-mixed": mixed}
-        for name, m in _measure(targets, feeds, threads, rounds).items():
-            rows.append({"batch": batch, "target": name, **m})
-    return rows
+        cases += [_Case({"batch": batch}, name, path, feeds) for name, path in _targets(fp32, mixed).items()]
+    return _measure(cases, threads, rounds)
+
+
+def _targets(fp32: Path, mixed: Path) -> dict[str, Path]:
+    return {"ort-fp32": fp32, "ort-mixed": mixed, "ov-bf16": fp32, "ov-mixed": mixed}
 
 
 def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[dict]:
@@ -80,7 +104,7 @@ def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[di
     queries = query_embeddings(base, category_names())
     plan = load_plan(shipped_plan("mixed"))
     plan = replace(plan, calibration=replace(plan.calibration, num_images=16))  # latency only: ranges barely matter
-    rows = []
+    cases = []
     with tempfile.TemporaryDirectory(prefix="vggt-sweep.") as tmp:
         for size in SIZES:
             cfg = VGGTConfig.from_dict({**base.model.cfg.to_dict(), "image_size": size})
@@ -88,11 +112,9 @@ def sweep_resolution(model_dir: Path, threads: int, rounds: int = 20) -> list[di
             folder = save_model(create_model(cfg).eval(), base.tokenizer, Path(tmp) / f"m{size}")
             out = export_from_model(folder, Path(tmp) / f"e{size}", plan, cache_dir=Path(tmp) / "cache")
             feeds = {"images": np.zeros((1, 3, size, size), np.float32), "query_embeds": queries}
-            tokens = (size // cfg.patch_stride) ** 2
-            targets = {"ort-fp32": out.fp32, "ort-mixed": out.qdq, "ov-bf16": out.fp32, "ov-mixed": out.qdq}
-            for name, m in _measure(targets, feeds, threads, rounds).items():
-                rows.append({"image_size": size, "tokens": tokens, "target": name, **m})
-    return rows
+            fields = {"image_size": size, "tokens": (size // cfg.patch_stride) ** 2}
+            cases += [_Case(fields, name, path, feeds) for name, path in _targets(out.fp32, out.qdq).items()]
+        return _measure(cases, threads, rounds)
 
 
 def sweep_rows(kind: str, cfg) -> list[dict]:
