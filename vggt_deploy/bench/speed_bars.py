@@ -69,6 +69,7 @@ def profile_sentence(profile: dict) -> str:
             f"{rest:.0f} µs in float kernels int8 does not touch (attention, softmax, GELU and residual subgraphs, "
             f"transposes, norms); the FP32 graph in bf16 spends {float_total:.0f} µs. Moving further toward the int8 "
             f"MatMul peak needs fewer, larger GEMMs (batching: the FCs on 16 grounding tokens run at under half the "
-            f"64-token FCs' rate; fusing q/k/v measured 1.004x) and a smaller float part: OpenVINO's bf16 attention "
-            f"subgraph leaves the Kᵀ and output transposes outside (it takes an output transpose in f32 only), and "
-            f"int8 attention matmuls measured slower and cost accuracy.")
+            f"64-token FCs' rate; the lowering already runs q, k and v as one FC) and a smaller float part: "
+            f"OpenVINO's bf16 attention subgraph still leaves the key's transpose outside (a row copy since the "
+            f"lowering, rewrites.py) and the MVN and LayerNorm-affine nodes cannot merge, and int8 attention "
+            f"matmuls measured slower and cost accuracy.")
