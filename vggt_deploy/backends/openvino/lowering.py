@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from vggt_deploy.backends.openvino.onnx_graph import GraphIndex
+from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, drop_unused
 from vggt_deploy.backends.openvino.rewrites import RewriteReport, rewrite_for_cpu
 
 SUFFIX = "_zpfold"
@@ -173,10 +173,7 @@ def fold_zero_points(model: onnx.ModelProto) -> FoldReport:
         if _has_zero_point(quant, g.inits) and quant.input[0] not in g.inits:  # not a weight's quantizer
             counts["folded" if _fold_one(g, quant, counts) else "kept"] += 1
     if counts["folded"]:
-        used = {name for node in model.graph.node for name in node.input}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        drop_unused(model)
     return FoldReport(**counts)
 
 

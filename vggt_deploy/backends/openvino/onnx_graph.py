@@ -13,13 +13,17 @@ class GraphIndex:
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
         self.inits = {t.name: t for t in graph.initializer}
-        self.producer = {out: node for node in graph.node for out in node.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
+        self.relink()
         self.outputs = {o.name for o in graph.output}
         self.names = set(self.inits) | set(self.producer) | {i.name for i in graph.input}
+
+    def relink(self) -> None:
+        """Recompute producers and consumers from the graph's nodes, after a pass rewired them."""
+        self.producer = {out: node for node in self.graph.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
 
     def const(self, name: str) -> np.ndarray | None:
         tensor = self.inits.get(name)

@@ -313,10 +313,10 @@ def transpose_b(g: GraphIndex) -> int:
     for transpose in list(g.graph.node):
         perm = list(attr(transpose, "perm", []) or [])
         user = g.sole_user(transpose.output[0]) if transpose.op_type == "Transpose" else None
-        if user is None or user.op_type != "MatMul" or list(user.input) != [user.input[0], transpose.output[0]]:
-            continue
+        if user is None or user.op_type != "MatMul" or list(user.input).index(transpose.output[0]) != 1:
+            continue  # only the right operand
         rank = len(perm)
-        if rank < 3 or perm[-2] != rank - 1 or user.input[0] == transpose.output[0]:
+        if rank < 3 or perm[-2] != rank - 1:
             continue
         swap = list(range(rank - 2)) + [rank - 1, rank - 2]
         if perm == swap:  # already a plain swap: OpenVINO folds it into the MatMul as it is
@@ -383,10 +383,6 @@ def quantize_before_moves(g: GraphIndex) -> int:
         at = list(g.graph.node).index(first)
         for offset, node in enumerate(lifted):
             g.graph.node.insert(at + offset, node)
-        g.consumers = {}
-        for node in g.graph.node:
-            for name in node.input:
-                g.consumers.setdefault(name, []).append(node)
-        g.producer = {out: node for node in g.graph.node for out in node.output}
+        g.relink()
         done += 1
     return done
