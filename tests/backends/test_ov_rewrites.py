@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from vggt_deploy.backends.openvino.heads_first import heads_first
 from vggt_deploy.backends.openvino.lowering import fold_zero_points, lowered_onnx
 from vggt_deploy.backends.openvino.onnx_graph import GraphIndex
 from vggt_deploy.backends.openvino.rewrites import (
@@ -262,3 +263,64 @@ def test_quantizer_moves_above_the_transpose_and_reshape():
 def test_quantizer_stays_below_a_reshape_that_is_read_elsewhere():
     model = _attention_output(extra_reader=True)
     assert quantize_before_moves(GraphIndex(model.graph)) == 0
+
+
+def _fused_attention(k_epsilon: float = 1e-5, v_read_elsewhere: bool = False, fused_v: bool = True) -> onnx.ModelProto:
+    """One q/k/v projection (q/k only, with `fused_v` off: v has its own, as in the grounding layers' self-
+    attention), split as `fuse_sibling_matmuls` leaves it, then attention with per-head q/k LayerNorms
+    (affines far from identity, so a slot given the wrong one shows) and the output projection's view."""
+    rng = np.random.default_rng(4)
+    parts = 3 if fused_v else 2
+    inits = [_init("w", rng.normal(size=(C, parts * C)).astype(np.float32)),
+             _init("b", rng.normal(size=parts * C).astype(np.float32)), _init("wv", rng.normal(size=(C, C)).astype(np.float32)),
+             _init("widths", np.array([C] * parts, np.int64)), _init("flat", np.array([-1, T * HEADS, HS], np.int64)),
+             _init("heads", np.array([-1, T, HEADS, HS], np.int64)), _init("rows", np.array([-1, T, C], np.int64))]
+    for side in "qk":
+        inits += [_init(f"g{side}", rng.uniform(0.3, 3.0, HS).astype(np.float32)),
+                  _init(f"b{side}", rng.normal(size=HS).astype(np.float32))]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["lin"]), helper.make_node("Add", ["lin", "b"], ["qkv"]),
+             helper.make_node("Split", ["qkv", "widths"], ["q", "k", "v"][:parts], axis=-1)]
+    if not fused_v:
+        nodes.append(helper.make_node("MatMul", ["x", "wv"], ["v"]))
+    for side, perm, eps in (("q", [0, 2, 1, 3], 1e-5), ("k", [0, 2, 3, 1], k_epsilon)):
+        nodes += [helper.make_node("Reshape", [side, "flat"], [f"{side}_flat"]),
+                  helper.make_node("LayerNormalization", [f"{side}_flat", f"g{side}", f"b{side}"], [f"{side}_norm"],
+                                   axis=-1, epsilon=eps),
+                  helper.make_node("Reshape", [f"{side}_norm", "heads"], [f"{side}_heads"]),
+                  helper.make_node("Transpose", [f"{side}_heads"], [f"{side}_t"], perm=perm)]
+    nodes += [helper.make_node("Reshape", ["v", "heads"], ["v_heads"]),
+              helper.make_node("Transpose", ["v_heads"], ["v_t"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["q_t", "k_t"], ["scores"]),
+              helper.make_node("Softmax", ["scores"], ["probs"], axis=-1),
+              helper.make_node("MatMul", ["probs", "v_t"], ["ctx"]),
+              helper.make_node("Transpose", ["ctx"], ["ctx_t"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["ctx_t", "rows"], ["y"])]
+    # The scores too: the softmax alone would hide a wrong key shift (it adds a per-query constant).
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, T, C]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [B, HEADS, T, T])]
+    if v_read_elsewhere:
+        outputs.append(helper.make_tensor_value_info("v_heads", TensorProto.FLOAT, [B, T, HEADS, HS]))
+    return _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [B, T, C])], outputs)
+
+
+@pytest.mark.parametrize("fused_v", [True, False], ids=["q/k/v fused", "q/k fused, v apart"])
+def test_heads_first_runs_one_norm_and_one_transpose_and_computes_the_same(fused_v):
+    model = _fused_attention(fused_v=fused_v)
+    before = _run(model, _x())
+    assert heads_first(GraphIndex(model.graph)) == 1
+    assert heads_first(GraphIndex(model.graph)) == 0  # idempotent: nothing of the old pattern is left
+    onnx.checker.check_model(model)
+    ops = _ops(model)
+    assert ops.count("LayerNormalization") == 1 and ops.count("Split") == (2 if fused_v else 1)
+    perms = [list(helper.get_attribute_value(a)) for n in model.graph.node if n.op_type == "Transpose" for a in n.attribute]
+    # Heads to the front, the key's swap (and v's own transpose when it is apart), the output.
+    assert perms == [[0, 2, 1, 3], [0, 1, 3, 2]] + ([] if fused_v else [[0, 2, 1, 3]]) + [[0, 2, 1, 3]]
+    for got, ref in zip(_run(model, _x()), before):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["q and k norms differ in epsilon", "v's heads are read elsewhere"])
+def test_heads_first_leaves_attention_it_cannot_rewrite_exactly(case):
+    model = _fused_attention(k_epsilon=1e-3) if case.startswith("q and k") else _fused_attention(v_read_elsewhere=True)
+    before = model.SerializeToString()
+    assert heads_first(GraphIndex(model.graph)) == 0 and model.SerializeToString() == before

@@ -61,7 +61,8 @@ def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, th
                    "(--keep-zero-points to read them as they are)")
     rewrites = sidecar["graph_rewrites"]
     if rewrites:
-        click.echo(f"rewrote the graph for OpenVINO: {rewrites['fused_matmuls']} sibling MatMul group(s) fused, "
+        click.echo(f"rewrote the graph for OpenVINO: {rewrites['fused_matmuls']} sibling MatMul group(s) fused "
+                   f"({rewrites.get('heads_first', 0)} moved to head-major layout), "
                    f"{rewrites['key_affines']} key norm affine(s) moved, {rewrites['conv_tokens']} conv layout "
                    f"and {rewrites['transposes_b']} key transpose(s) simplified, {rewrites['quantizers_moved']} "
                    "quantizer(s) moved above data movement (--no-rewrites to compile it as exported)")

@@ -15,6 +15,9 @@ projections, see model/layers.py). Each gives the same function; outputs move by
 - `fuse_sibling_matmuls`: int8 MatMuls that read the same quantized activation (q, k and v of a
   block) become one MatMul over the concatenated weights, then a Split. Per-channel weight scales and
   biases concatenate exactly. OpenVINO then runs one larger FullyConnected instead of three.
+- `heads_first` (heads_first.py): after that fusion, q, k and v move to (B, heads, T, hs) with one
+  Transpose, and the q and k LayerNorms become one, so OpenVINO no longer copies a Split, runs a
+  second MVN and transposes the key outside its attention node.
 - `transpose_b`: a Transpose that makes its input's last axis the second-to-last of a MatMul's right
   operand (the key's (0, 2, 3, 1)) is written as a Transpose that keeps the last axis, then a swap of
   the last two. OpenVINO folds the swap into the MatMul (transpose_b), and the Transpose left copies
@@ -24,9 +27,9 @@ projections, see model/layers.py). Each gives the same function; outputs move by
   commutes with moving it. OpenVINO then quantizes inside the attention node and moves int8 data.
 
 Measured on the shipped plan (OpenVINO 2026.4, bf16, 2 threads, alternating rounds in one process):
-the nodes OpenVINO executes fall from 319 to 283, and the latency by 5-7% against the same file with
-zero points folded only. Each rewrite on top of the ones before gave 1.033x, 1.007x, 1.022x, 1.015x
-and 1.015x; those single steps are at the edge of this host's noise.
+the nodes OpenVINO executes fall from 319 to 271, and the latency by 6-8% against the same file with
+zero points folded only. Each rewrite on top of the ones before gave 1.033x, 1.007x, 1.022x, 1.015x,
+1.015x and 1.007-1.022x (heads_first); those single steps are at the edge of this host's noise.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from vggt_deploy.backends.openvino.heads_first import heads_first
 from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, attr, drop_unused
 
 
@@ -46,12 +50,14 @@ class RewriteReport:
     key_affines: int  # attention key LayerNorm affines moved into the query's
     conv_tokens: int  # conv -> token transposes done in the conv's channels-last layout
     fused_matmuls: int  # groups of sibling int8 MatMuls now run as one
+    heads_first: int  # fused q/k/v projections moved to head-major layout with one q/k LayerNorm
     transposes_b: int  # MatMul right-operand transposes split into a row copy and OpenVINO's transpose_b
     quantizers_moved: int  # activation quantizers moved above the Transposes/Reshapes before them
 
     @property
     def total(self) -> int:
-        return self.key_affines + self.conv_tokens + self.fused_matmuls + self.transposes_b + self.quantizers_moved
+        return (self.key_affines + self.conv_tokens + self.fused_matmuls + self.heads_first + self.transposes_b
+                + self.quantizers_moved)
 
 
 def rewrite_for_cpu(model: onnx.ModelProto) -> RewriteReport:
@@ -61,6 +67,7 @@ def rewrite_for_cpu(model: onnx.ModelProto) -> RewriteReport:
         key_affines=fold_key_affines(GraphIndex(model.graph)) if opset >= 13 else 0,  # Softmax axis semantics
         conv_tokens=conv_tokens(GraphIndex(model.graph)),
         fused_matmuls=fuse_sibling_matmuls(GraphIndex(model.graph)),
+        heads_first=heads_first(GraphIndex(model.graph)) if opset >= 13 else 0,  # Split widths as an input
         transposes_b=transpose_b(GraphIndex(model.graph)),
         quantizers_moved=quantize_before_moves(GraphIndex(model.graph)),
     )
