@@ -92,6 +92,9 @@ def test_qdq_onnx_runs_int8_kernels_and_matches_onnx_runtime(tiny_export, qdq_fi
                 assert _rel(unfolded[key], ref[key]) < QDQ_REL, key
         assert runner.fold_report.folded >= 10 and kept.fold_report is None  # zero points folded by default
         assert runner.rewrite_report.total >= 3 and kept.rewrite_report is None  # and the graph rewritten
+        # Batch 3 compiled from the lowering without heads_first, whose Splits are free at batch 1 only.
+        assert runner.rewrite_report.heads_first >= 1 and runner.batched_rewrite_report.heads_first == 0
+        assert runner.batched_rewrite_report.fused_matmuls == runner.rewrite_report.fused_matmuls
         compiled = next(iter(runner.compiled.values()))[0]
         precisions = {op.get_rt_info()["runtimePrecision"].astype(str)
                       for op in compiled.get_runtime_model().get_ordered_ops()
@@ -124,6 +127,7 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
     assert side["options"]["fold_zero_points"] and side["zero_points_folded"] >= 10
     assert "folded the zero points of" in _BUILT["output"]
     assert side["options"]["rewrite_graph"] and side["graph_rewrites"]["fused_matmuls"] >= 1
+    assert side["graph_rewrites"]["heads_first"] == 0  # one IR for batches 1 and 2: no batch-1-only rewrite
     assert "rewrote the graph for OpenVINO" in _BUILT["output"]
     assert side["ir_size_mb"] > 0 and "IR" in _BUILT["output"] and "batch 2 in" in _BUILT["output"]
     feeds = _feeds(tiny_export, 2)
@@ -137,6 +141,19 @@ def test_build_ov_writes_a_folder_whose_cache_survives_the_move(built, qdq_file,
     for key in a:
         assert np.abs(a[key] - b[key]).max() < 1e-3, key
         assert np.abs(a[key] - c[key]).max() < 1e-6, key
+
+
+def test_a_folder_for_batch_one_alone_takes_the_batch_one_rewrites(qdq_file, tiny_export, tmp_path):
+    result = _run("build-ov", "--onnx", qdq_file, "-o", tmp_path / "one", "--precision", "f32")
+    assert result.exit_code == 0, result.output
+    side = json.loads((tmp_path / "one" / "model.json").read_text())
+    assert side["batch_sizes"] == [1] and side["graph_rewrites"]["heads_first"] >= 1
+    assert "moved to head-major layout" in result.output
+    feeds = _feeds(tiny_export, 1)
+    with OvRunner(tmp_path / "one") as one, OrtRunner(qdq_file) as ort:
+        out, ref = one.infer(feeds), ort.infer(feeds)
+    for key in ref:
+        assert _rel(out[key], ref[key]) < QDQ_REL, key
 
 
 def test_keep_zero_points_builds_the_file_as_it_is(qdq_file, tiny_export, tmp_path):

@@ -70,6 +70,8 @@ def profile_sentence(profile: dict) -> str:
             f"transposes, norms); the FP32 graph in bf16 spends {float_total:.0f} µs. Moving further toward the int8 "
             f"MatMul peak needs fewer, larger GEMMs (batching: the FCs on 16 grounding tokens run at under half the "
             f"64-token FCs' rate; the lowering already runs q, k and v as one FC) and a smaller float part: "
-            f"OpenVINO's bf16 attention subgraph still leaves the key's transpose outside (a row copy since the "
-            f"lowering, rewrites.py) and the MVN and LayerNorm-affine nodes cannot merge, and int8 attention "
+            f"the per-head q/k norms (one MVN for q and k of each self-attention since the lowering's heads_first, "
+            f"but over rows of 64 values, which this kernel runs slowly), the cross-attentions' key transposes (row "
+            f"copies since "
+            f"the lowering) and LayerNorm affines that cannot merge into the MVN before them; int8 attention "
             f"matmuls measured slower and cost accuracy.")

@@ -10,7 +10,9 @@ the cached blobs. OpenVINO keys cached blobs by the model's content and the comp
 the model is given as an object (as the runner does), not by its path, so the cache stays
 valid when the staging folder is renamed into place. Unless told not to, the file is lowered
 first (lowering.py: a QDQ file's activation zero points folded, the same grid on a faster int8
-path; then the exact rewrites of rewrites.py, fewer nodes), so the IR holds the lowered graph.
+path; then the exact rewrites of rewrites.py, fewer nodes), so the IR holds the lowered graph. The
+rewrites that pay off at batch 1 only (`heads_first`) go in when the folder is compiled for batch 1
+alone; the IR then still runs other batch sizes, only not as fast as one built for them.
 `model.json` records the OpenVINO
 version, the CPU and its flags, the options, the source ONNX and its sha256, and the plan
 facts the QDQ export wrote; the runner refuses the folder when any of the first three differ.
@@ -33,7 +35,14 @@ from vggt_deploy.backends.openvino.loader import (
     ov_reason,
     read_model,
 )
-from vggt_deploy.backends.openvino.runner import compile_on_cpu, input_names, read_for_cpu, reshaped, set_cache
+from vggt_deploy.backends.openvino.runner import (
+    batch_input,
+    compile_on_cpu,
+    input_names,
+    read_for_cpu,
+    reshaped,
+    set_cache,
+)
 from vggt_deploy.backends.openvino.settings import OvOptions, compile_config
 from vggt_deploy.backends.openvino.sidecar import (
     CACHE,
@@ -58,12 +67,12 @@ def static_shapes_for(model: Any, batch: int, num_queries: int) -> dict[str, tup
     """Every input's shape at `batch` images: `images` (else the first input) takes the batch,
     `query_embeds` takes `num_queries` rows; any other dynamic dim cannot be guessed."""
     names = input_names(model)
-    batch_input = "images" if "images" in names else names[0]
+    batched = batch_input(names)
     shapes = {}
     for name, port in zip(names, model.inputs):
         dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
         if dims and dims[0] is None:
-            dims[0] = batch if name == batch_input else num_queries if name == "query_embeds" else None
+            dims[0] = batch if name == batched else num_queries if name == "query_embeds" else None
         if any(d is None for d in dims):
             raise UserError(f"input {name!r} has dynamic dims {port.get_partial_shape()} that build-ov cannot fix; "
                             "use --dynamic-shapes")
@@ -100,7 +109,9 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
     check_precision(precision)
     config = compile_config(options, precision)
     core = ov.Core()
-    model, lowering = read_for_cpu(core, onnx_file, options.fold_zero_points, options.rewrite_graph)
+    # One IR serves every batch size the folder is compiled for: the batch-1-only rewrites need batch 1 alone.
+    single = options.static_shapes and batch_sizes == (1,)
+    model, lowering = read_for_cpu(core, onnx_file, options.fold_zero_points, options.rewrite_graph, single)
     folded = lowering.fold if lowering else None
     rewrites = lowering.rewrites if lowering else None
     queries = num_queries or default_num_queries()

@@ -185,9 +185,11 @@ class Lowering:
     rewrites: RewriteReport | None
 
 
-def lowered_onnx(path: Path, fold: bool = True, rewrite: bool = True) -> tuple[bytes, Lowering] | None:
+def lowered_onnx(path: Path, fold: bool = True, rewrite: bool = True,
+                 single_batch: bool = True) -> tuple[bytes, Lowering] | None:
     """`path` as OpenVINO should read it: zero points folded (`fold`), then the exact rewrites of
-    rewrites.py (`rewrite`), serialized for `core.read_model(io.BytesIO(...))`.
+    rewrites.py (`rewrite`; `single_batch`: the graph is compiled for batch 1 only), serialized for
+    `core.read_model(io.BytesIO(...))`.
 
     None when neither changed anything, or when the model keeps its weights in external data (above
     2 GB: it cannot travel as one protobuf), which OpenVINO then reads as it is. Files are checked by
@@ -206,7 +208,7 @@ def lowered_onnx(path: Path, fold: bool = True, rewrite: bool = True) -> tuple[b
         return None
     model = load_onnx(path)
     folded = fold_zero_points(model) if fold else None
-    rewrites = rewrite_for_cpu(model) if rewrite else None
+    rewrites = rewrite_for_cpu(model, single_batch) if rewrite else None
     if not ((folded and folded.folded) or (rewrites and rewrites.total)) or over_2gb(model):
         return None
     return model.SerializeToString(), Lowering(folded, rewrites)

@@ -48,6 +48,11 @@ def input_names(model: Any) -> list[str]:
     return [port.get_any_name() for port in model.inputs]
 
 
+def batch_input(names: list[str]) -> str:
+    """The input whose first axis is the image batch: `images`, else the first input."""
+    return "images" if "images" in names else names[0]
+
+
 def reshaped(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
     """A copy of `model` with every input fixed to `shapes` (the original stays dynamic)."""
     ov = import_openvino()
@@ -56,11 +61,13 @@ def reshaped(model: Any, shapes: dict[str, tuple[int, ...]]) -> Any:
     return copy
 
 
-def read_for_cpu(core: Any, path: Path, fold: bool, rewrite: bool) -> tuple[Any, Lowering | None]:
+def read_for_cpu(core: Any, path: Path, fold: bool, rewrite: bool,
+                 single_batch: bool = True) -> tuple[Any, Lowering | None]:
     """The model OpenVINO compiles: an .onnx lowered by lowering.py (zero points folded when `fold`, the exact
-    rewrites when `rewrite`) where that changes anything, else the file as it is."""
+    rewrites when `rewrite`, those for batch 1 too when `single_batch`) where that changes anything, else the
+    file as it is."""
     if path.suffix.lower() == ".onnx":
-        lowered = lowered_onnx(path, fold=fold, rewrite=rewrite)
+        lowered = lowered_onnx(path, fold=fold, rewrite=rewrite, single_batch=single_batch)
         if lowered is not None:
             data, lowering = lowered
             return read_model(core, path, data=data), lowering
@@ -128,6 +135,9 @@ class OvRunner(Runner):
         self.core = self.model = None
         self.fold_report: FoldReport | None = None  # None: not folded
         self.rewrite_report: RewriteReport | None = None  # None: not rewritten
+        # Lowered again without the batch-1-only rewrites for other batch sizes, on the first such compile.
+        self.batched_model: Any = None
+        self.batched_rewrite_report: RewriteReport | None = None
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -155,7 +165,7 @@ class OvRunner(Runner):
             set_cache(self.core, cache_dir, cache_required)
         self.model_file = model_file
         self.model, lowering = read_for_cpu(self.core, model_file, self.options.fold_zero_points,
-                                            self.options.rewrite_graph)
+                                            self.options.rewrite_graph, single_batch=self.options.static_shapes)
         if lowering is not None:
             self.fold_report, self.rewrite_report = lowering.fold, lowering.rewrites
         self.metadata = model_metadata(self.model)
@@ -198,11 +208,25 @@ class OvRunner(Runner):
         self.compiled[key], self.compile_ms[key], self.loaded_from_cache[key] = entry, ms, cached
         return entry
 
+    def _batched(self) -> Any:
+        """The model for batches other than 1: the same lowering without the rewrites that pay off at batch 1
+        only (`heads_first`); the batch-1 model itself when those did not apply."""
+        if not (self.rewrite_report and self.rewrite_report.heads_first):
+            return self.model
+        if self.batched_model is None:
+            self.batched_model, lowering = read_for_cpu(self.core, self.model_file, self.options.fold_zero_points,
+                                                        self.options.rewrite_graph, single_batch=False)
+            self.batched_rewrite_report = lowering.rewrites if lowering else None
+        return self.batched_model
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
         if self.options.static_shapes:
             key = tuple((name, tuple(feeds[name].shape)) for name in self.input_spec)
-            entry = self.compiled.get(key) or self._compile(key, reshaped(self.model, dict(key)))
+            entry = self.compiled.get(key)
+            if entry is None:
+                batch = dict(key)[batch_input(list(self.input_spec))][:1]
+                entry = self._compile(key, reshaped(self.model if batch == (1,) else self._batched(), dict(key)))
         else:
             entry = self.compiled[None]
         compiled, request = entry
@@ -214,4 +238,4 @@ class OvRunner(Runner):
 
     def _close(self) -> None:
         self.compiled.clear()
-        self.model = self.core = None
+        self.model = self.batched_model = self.core = None
