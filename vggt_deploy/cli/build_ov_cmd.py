@@ -33,7 +33,8 @@ from vggt_deploy.cli.app import main
                    "without zero points).")
 @click.option("--no-rewrites", is_flag=True,
               help="Compile the graph as exported, without the exact rewrites that merge nodes for OpenVINO "
-                   "(sibling int8 MatMuls fused, key LayerNorm affines moved into the query's, conv outputs "
+                   "(sibling int8 MatMuls fused, and for a batch-1 folder moved head-major with one q/k LayerNorm; "
+                   "key LayerNorm affines moved into the query's, conv outputs "
                    "transposed in their own layout, key transposes folded into the MatMul, quantizers moved above the "
                    "Transposes before them).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(1), multiple=True, default=(1,), show_default=True,
@@ -62,7 +63,7 @@ def build_ov(onnx_file: Path, output: Path, precision: str | None, hint: str, th
     rewrites = sidecar["graph_rewrites"]
     if rewrites:
         click.echo(f"rewrote the graph for OpenVINO: {rewrites['fused_matmuls']} sibling MatMul group(s) fused "
-                   f"({rewrites.get('heads_first', 0)} moved to head-major layout), "
+                   f"({rewrites['heads_first']} moved to head-major layout), "
                    f"{rewrites['key_affines']} key norm affine(s) moved, {rewrites['conv_tokens']} conv layout "
                    f"and {rewrites['transposes_b']} key transpose(s) simplified, {rewrites['quantizers_moved']} "
                    "quantizer(s) moved above data movement (--no-rewrites to compile it as exported)")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, attr
+from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, attr, norm_affine
 
 
 @dataclass
@@ -79,12 +79,10 @@ def _branch(g: GraphIndex, name: str, normed: bool, perm: list[int], operand: in
 
 
 def _affine(g: GraphIndex, norm: onnx.NodeProto, width: int) -> tuple[np.ndarray, np.ndarray] | None:
-    scale = g.const(norm.input[1])
-    bias = g.const(norm.input[2]) if len(norm.input) > 2 and norm.input[2] else np.zeros(width, np.float32)
-    if scale is None or bias is None or scale.shape != (width,) or bias.shape != (width,) \
-            or scale.dtype != np.float32 or bias.dtype != np.float32:
+    affine = norm_affine(g, norm)
+    if affine is None or affine[0].shape != (width,) or any(a.dtype != np.float32 for a in affine):
         return None
-    return scale, bias
+    return affine
 
 
 def heads_first(g: GraphIndex) -> int:

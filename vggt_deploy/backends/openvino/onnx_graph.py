@@ -50,6 +50,16 @@ class GraphIndex:
         return name
 
 
+def norm_affine(g: GraphIndex, norm: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """A LayerNormalization's constant affine (scale, bias), the bias zeros where the node has none; None
+    unless the scale is a 1-D constant and the bias a constant of its shape."""
+    scale = g.const(norm.input[1]) if len(norm.input) > 1 else None
+    if scale is None or scale.ndim != 1:
+        return None
+    bias = g.const(norm.input[2]) if len(norm.input) > 2 and norm.input[2] else np.zeros_like(scale)
+    return (scale, bias) if bias is not None and bias.shape == scale.shape else None
+
+
 def attr(node: onnx.NodeProto, name: str, default=None):
     """The value of `node`'s attribute `name`, or `default` when it has none."""
     for a in node.attribute:

@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 
 from vggt_deploy.backends.openvino.heads_first import heads_first
-from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, attr, drop_unused
+from vggt_deploy.backends.openvino.onnx_graph import GraphIndex, attr, drop_unused, norm_affine
 
 
 @dataclass(frozen=True)
@@ -124,13 +124,8 @@ def _head_norm(g: GraphIndex, name: str, pos: int) -> onnx.NodeProto | None:
         return None
     if g.sole_user(node.output[0]) is None or any(out for out in node.output[1:]):
         return None
-    scale = g.const(node.input[1])
-    bias = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if scale is None or scale.ndim != 1 or widths - {scale.size}:
-        return None
-    if len(node.input) > 2 and node.input[2] and (bias is None or bias.shape != scale.shape):
-        return None
-    return node
+    affine = norm_affine(g, node)
+    return node if affine is not None and not widths - {affine[0].size} else None
 
 
 def fold_key_affines(g: GraphIndex) -> int:
@@ -142,10 +137,9 @@ def fold_key_affines(g: GraphIndex) -> int:
         q_norm, k_norm = _head_norm(g, matmul.input[0], -1), _head_norm(g, matmul.input[1], -2)
         if q_norm is None or k_norm is None or q_norm is k_norm:
             continue
-        gamma_q, gamma_k = g.const(q_norm.input[1]), g.const(k_norm.input[1])
+        (gamma_q, beta_q), (gamma_k, _) = norm_affine(g, q_norm), norm_affine(g, k_norm)  # checked by _head_norm
         if gamma_q.shape != gamma_k.shape:
             continue
-        beta_q = g.const(q_norm.input[2]) if len(q_norm.input) > 2 and q_norm.input[2] else np.zeros_like(gamma_q)
         dtype = gamma_q.dtype
         q_inputs = [q_norm.input[0], g.add_init(q_norm.input[1] + "_kfold", (gamma_q * gamma_k).astype(dtype)),
                     g.add_init(q_norm.input[1] + "_kfold_bias", (beta_q * gamma_k).astype(dtype))]
