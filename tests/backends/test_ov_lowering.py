@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vggt_deploy.backends.openvino.lowering import fold_zero_points, lowered_onnx
+from vggt_deploy.errors import UserError
 
 K, N = 8, 6
 
@@ -98,6 +100,19 @@ def test_nothing_to_fold_leaves_the_model_alone(tmp_path):
     assert lowered_onnx(tmp_path / "m.onnx") is None  # nothing to fold or rewrite: OpenVINO reads the file itself
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert lowered_onnx(tmp_path / "junk.onnx") is None  # and reports the junk in its own words
+
+
+def test_a_file_to_lower_is_checked_like_load_onnx(tmp_path):
+    broken = _graph()
+    broken.graph.node.append(helper.make_node("Frobnicate", ["x"], ["junk"], name="junk"))
+    onnx.save(broken, tmp_path / "bad.onnx")
+    with pytest.raises(UserError, match=r"bad\.onnx: not a valid ONNX model .*Frobnicate"):
+        lowered_onnx(tmp_path / "bad.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty\.onnx: empty file \(0 bytes\)"):
+        lowered_onnx(tmp_path / "empty.onnx")
+    onnx.save(_graph(), tmp_path / "good.onnx")
+    assert lowered_onnx(tmp_path / "good.onnx")[1].fold.folded == 2
 
 
 def test_the_tiny_qdq_export_folds_and_computes_the_same(tiny_model_dir, tiny_plan_text, tmp_path):

@@ -76,6 +76,17 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, turning every failure into a one-line UserError."""
+    path = check_onnx_file(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001  (onnx raises many types: DecodeError, OSError, ValueError...)
+        raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    check_onnx(model, path)
+    return model
+
+
+def check_onnx_file(path: str | Path) -> Path:
+    """What `load_onnx` checks before parsing: `path` is a readable, non-empty file protobuf can hold."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give the .onnx file inside it")
@@ -93,13 +104,14 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"{path}: {size / 2**30:.1f} GB in one file; protobuf cannot read an ONNX file of 2 GB or "
                         "more: save it with its weights as external data "
                         "(onnx.save(model, path, save_as_external_data=True))")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001  (onnx raises many types: DecodeError, OSError, ValueError...)
-        raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    return path
+
+
+def check_onnx(model: onnx.ModelProto, path: Path) -> None:
+    """What `load_onnx` checks after parsing `path` into `model`: versions this onnx knows, the checker, outputs."""
     _check_versions(model, path)
     try:
-        if over_2gb(model):  # weights in external data: the checker must read them from disk
+        if over_2gb(model) or has_external_data(model):  # weights on disk: the checker must read them there
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)
@@ -107,7 +119,6 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     if not model.graph.output:
         raise UserError(f"{path}: the graph has no outputs, so there is nothing to run; export it again with outputs")
-    return model
 
 
 def _first_line(exc: Exception) -> str:

@@ -192,21 +192,22 @@ def lowered_onnx(path: Path, fold: bool = True, rewrite: bool = True,
     `core.read_model(io.BytesIO(...))`.
 
     None when neither changed anything, or when the model keeps its weights in external data (above
-    2 GB: it cannot travel as one protobuf), which OpenVINO then reads as it is. Files are checked by
-    `load_onnx` first (one UserError naming the file).
+    2 GB: it cannot travel as one protobuf), which OpenVINO then reads as it is. A file that is parsed here
+    is checked as `load_onnx` checks it (one UserError naming the file); the file is parsed once.
     """
-    from vggt_deploy.graph.onnx_io import has_external_data, load_onnx, over_2gb
+    from vggt_deploy.graph.onnx_io import check_onnx, check_onnx_file, has_external_data, over_2gb
 
     if not (fold or rewrite):
         return None
+    check_onnx_file(path)
     try:
-        head = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)  # whole, unless its weights are external
     except Exception:  # noqa: BLE001 - not ONNX at all: OpenVINO's own reading reports it
         return None
-    inits = {t.name: t for t in head.graph.initializer}
-    if has_external_data(head) or not (rewrite or any(_has_zero_point(node, inits) for node in head.graph.node)):
+    inits = {t.name: t for t in model.graph.initializer}
+    if has_external_data(model) or not (rewrite or any(_has_zero_point(node, inits) for node in model.graph.node)):
         return None
-    model = load_onnx(path)
+    check_onnx(model, path)
     folded = fold_zero_points(model) if fold else None
     rewrites = rewrite_for_cpu(model, single_batch) if rewrite else None
     if not ((folded and folded.folded) or (rewrites and rewrites.total)) or over_2gb(model):
