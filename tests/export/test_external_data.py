@@ -7,9 +7,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from vggt_deploy.backends.onnxruntime.session import make_session
+from vggt_deploy.errors import UserError
 from vggt_deploy.graph.external_data import fold_weight_transposes
 from vggt_deploy.graph.layers import find_layers
-from vggt_deploy.graph.onnx_io import has_external_data
+from vggt_deploy.graph.onnx_io import has_external_data, load_onnx
 
 
 def _shared_weight_model(path):
@@ -135,3 +136,18 @@ def test_what_needs_the_whole_model_in_memory_is_refused_for_the_graph_alone(tmp
     with pytest.raises(UserError, match=match):
         quantize(graph, resolve_plan(plan, graph), images, {}, "x", tmp_path / "cache", fp32_path=path)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # refused before any work
+
+
+def test_the_graph_alone_is_checked_with_its_weights_left_on_disk(tmp_path):
+    path = tmp_path / "m.onnx"
+    _shared_weight_model(path)
+    graph = load_onnx(path, external_data=False)
+    assert has_external_data(graph) and not has_external_data(load_onnx(path))
+    broken = onnx.load(str(path), load_external_data=False)
+    broken.graph.node[0].op_type = "Frobnicate"
+    onnx.save(broken, str(tmp_path / "bad.onnx"))  # the same external data file, beside it
+    with pytest.raises(UserError, match=r"bad\.onnx: not a valid ONNX model .*Frobnicate"):
+        load_onnx(tmp_path / "bad.onnx", external_data=False)
+    (tmp_path / "m.onnx.data").unlink()
+    with pytest.raises(UserError, match=r"m\.onnx: not a valid ONNX model .*m\.onnx\.data"):
+        load_onnx(path, external_data=False)

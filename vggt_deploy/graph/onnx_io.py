@@ -74,11 +74,15 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return path
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX file, turning every failure into a one-line UserError."""
+def load_onnx(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file, turning every failure into a one-line UserError.
+
+    `external_data=False`: the graph alone, for a reader that needs no weights (metadata, node types); weights
+    kept in an external data file stay there, and the checker reads them from disk.
+    """
     path = check_onnx_file(path)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # noqa: BLE001  (onnx raises many types: DecodeError, OSError, ValueError...)
         raise UserError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     check_onnx(model, path)

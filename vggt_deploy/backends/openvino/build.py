@@ -104,7 +104,8 @@ def build_ov(onnx_file: Path, out_dir: Path, options: OvOptions, batch_sizes: tu
     ov = import_openvino()
     from vggt_deploy.graph.onnx_io import get_metadata, load_onnx
 
-    meta = get_metadata(load_onnx(onnx_file))  # a broken file is one error line, before OpenVINO sees it
+    # A broken file is one error line, before OpenVINO sees it; external weights stay on disk (OpenVINO reads them).
+    meta = get_metadata(load_onnx(onnx_file, external_data=False))
     precision = options.precision or default_precision()
     check_precision(precision)
     config = compile_config(options, precision)
