@@ -101,7 +101,7 @@ def test_passes_are_cut_by_the_recorded_shapes_with_symbolic_frames():
     # VGGT-1B's shapes are recorded with symbols ("frames", "261*frames"): a pass holds what fits the
     # budget for the feed's frame count, so a few huge tensors (global attention, DPT heads at high
     # resolution) cannot land in one pass (a pass sized by averages was killed at 518 x 294).
-    from vggt_deploy.quant.auto_calib import pass_groups
+    from vggt_deploy.quant.calib_passes import pass_groups
 
     def info(name, *dims):
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(dims))

@@ -34,10 +34,8 @@ reason, goes into the export report and next to the range cache.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
-import operator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,6 +47,7 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import QUANT_OPS
 from vggt_deploy.graph.onnx_io import TOKENS_PER_FRAME_KEY
 from vggt_deploy.quant.activation_stats import feed_item, iterate_activations
+from vggt_deploy.quant.calib_passes import PASS_BYTES, pass_groups
 
 PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
 TOP_ROWS = 4  # rows kept exactly per image: the rare outlier tokens
@@ -58,7 +57,6 @@ MIN_GAIN = 0.02  # a clip must lower the consumer error by more than 2% to be ta
 ROW_GUARD = 0.05  # ...and leave the rows of consistent outlier channels within 5% (or 2x their min/max error)
 WIDER_TOLERANCE = 0.1  # ...and of the clips within 10% of the best error, the widest is taken
 CONSISTENT = 0.25  # a channel clipped in this fraction of the images is a structured outlier
-PASS_BYTES = 2 << 30  # activation bytes read per image and pass when calibrating a model with external weights
 
 
 @dataclass
@@ -326,64 +324,6 @@ def auto_ranges(model: onnx.ModelProto, images: np.ndarray, image_input: str,
                 decisions.append(_decide(name, stats.pop(name), consumers[name], symmetric))
                 ranges[name] = decisions[-1].range
     return ranges, decisions
-
-
-def pass_groups(model: onnx.ModelProto, tensors: list[str], feed: np.ndarray, budget: int) -> list[list[str]]:
-    """`tensors` in order, cut into groups whose float32 values for one `feed` should take at most
-    `budget` bytes (a tensor larger than that is a group of its own).
-
-    Sizes come from the graph's recorded shapes (`value_info`); a symbolic dimension ("frames",
-    "261*frames") is evaluated with every symbol set to the feed's leading dimension, and a tensor
-    without a usable shape counts as `budget` / 16.
-    """
-    graph = model.graph
-    shapes = {v.name: v.type.tensor_type.shape for v in (*graph.input, *graph.value_info, *graph.output)}
-    lead = int(feed.shape[0]) if feed.ndim else 1
-    groups: list[list[str]] = []
-    current: list[str] = []
-    total = 0
-    for name in tensors:
-        size = _elements(shapes.get(name), lead)
-        size = max(1, budget // 16) if size is None else 4 * size
-        if current and total + size > budget:
-            groups.append(current)
-            current, total = [], 0
-        current.append(name)
-        total += size
-    return groups + ([current] if current else [])
-
-
-_DIM_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
-
-
-def _elements(shape, lead: int) -> int | None:
-    """Elements of a tensor of `shape` (a TensorShapeProto), symbols set to `lead`; None when unknown."""
-    if shape is None or not shape.dim:
-        return None
-    count = 1
-    for d in shape.dim:
-        value = d.dim_value if d.HasField("dim_value") else _symbolic(d.dim_param, lead) if d.dim_param else None
-        if value is None or value < 0:
-            return None
-        count *= value
-    return count
-
-
-def _symbolic(expr: str, lead: int) -> int | None:
-    """An exporter's symbolic dimension ("frames", "261*frames", "frames - 1") with symbols = `lead`."""
-    def value(node: ast.AST) -> int:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int):
-            return node.value
-        if isinstance(node, ast.Name):
-            return lead
-        if isinstance(node, ast.BinOp) and type(node.op) in _DIM_OPS:
-            return _DIM_OPS[type(node.op)](value(node.left), value(node.right))
-        raise ValueError(expr)
-
-    try:
-        return value(ast.parse(expr, mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
-        return None
 
 
 def _pass(model: onnx.ModelProto, group: list[str], consumers: dict, images: np.ndarray, image_input: str,
