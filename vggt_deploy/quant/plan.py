@@ -71,6 +71,9 @@ class LayerSpec:
             or None (off). Per-channel factors move activation outliers into the weights; they are
             folded into the producer of the layer's input (LayerNorm affine or a previous Linear),
             so the exported graph gains no op (see `quant/smoothing.py`).
+        fold_norm: move the affine of the LayerNorm this layer reads into this layer's weight and bias
+            (and its sibling readers'), where the estimated int8 error allows (see `quant/norm_folding.py`):
+            OpenVINO then fuses the quantizer into the LayerNorm, one node fewer.
     """
 
     precision: str = "int8"
@@ -79,6 +82,7 @@ class LayerSpec:
     activations: str = "static"
     attention_matmuls: bool = False
     smoothing: float | None = None
+    fold_norm: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -221,7 +225,7 @@ def _spec_fields(r: FieldReader, raw: dict, path: str, target: str) -> dict[str,
             if value not in TARGET_ACTIVATIONS[target]:
                 raise r.fail(p, f"{value} activations are not available on target {target} "
                                 f"(use one of {', '.join(TARGET_ACTIVATIONS[target])})")
-        elif key == "attention_matmuls":
+        elif key in ("attention_matmuls", "fold_norm"):
             r.typed(value, p, bool)
         elif key == "smoothing":
             value = _smoothing(r, value, p)
@@ -249,6 +253,9 @@ def _check_spec(r: FieldReader, spec: LayerSpec, path: str) -> None:
     if spec.smoothing is not None and (spec.precision != "int8" or spec.activations == "off"):
         raise r.fail(path, "smoothing moves activation outliers into int8 weights: it needs precision int8 with "
                            "activations static or dynamic (or smoothing: off)")
+    if spec.fold_norm and (spec.precision != "int8" or spec.activations == "off"):
+        raise r.fail(path, "fold_norm lets the runtime fuse a LayerNorm with the quantizer after it: it needs "
+                           "precision int8 with activations static or dynamic (or fold_norm: false)")
 
 
 def _match(r: FieldReader, value: Any, path: str) -> str:

@@ -37,6 +37,7 @@ from vggt_deploy.graph.onnx_io import has_external_data, over_2gb, set_metadata
 from vggt_deploy.quant.auto_calib import auto_ranges, read_decisions, token_exclusion, write_cache
 from vggt_deploy.quant.calibrate import TensorReader, cache_path, ort_method, precompute_entropy_ranges
 from vggt_deploy.quant.float_storage import store_weights_fp16
+from vggt_deploy.quant.norm_folding import fold_norms
 from vggt_deploy.quant.resolved import ResolvedPlan, resolve_plan
 from vggt_deploy.quant.smoothing import smooth
 
@@ -158,16 +159,24 @@ def quantize(
     if weights_dir is not None and plan.calibration.method == "entropy":
         raise UserError(f"{plan.source}: calibration.method entropy holds the whole model in memory, which a model "
                         "with external weights does not allow here; use auto (the default), minmax or percentile")
-    if any(resolved.spec(layer).smoothing is not None for layer in resolved.layers):
-        # Smoothing rewrites the FP32 weights before calibration; the ranges are those of the smoothed graph.
+    norm_folding = None
+    for field, off in (("fold_norm", "fold_norm: false"), ("smoothing", "smoothing: off")):
+        values = [getattr(resolved.spec(layer), field) for layer in resolved.layers]
+        if all(v is None or v is False for v in values):  # smoothing alpha 0.0 is on
+            continue
+        # Both rewrite the FP32 weights before calibration; the ranges are those of the rewritten graph.
         if calib_images is None:
-            raise UserError("smoothing needs calibration images to measure activation channels (plan calibration.images)")
+            raise UserError(f"{field} needs calibration images to measure activations (plan calibration.images)")
         if weights_dir is not None:
-            raise UserError(f"{plan.source}: smoothing rewrites weights in memory, which a model with external "
-                            "weights does not allow here; set smoothing: off for it")
-        fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds)
-        fp32_path = None  # the file holds the unsmoothed weights: quantize the smoothed copy
-        resolved = resolve_plan(plan, fp32)  # a weight shared outside a smoothed group was copied under a new name
+            raise UserError(f"{plan.source}: {field} rewrites weights in memory, which a model with external "
+                            f"weights does not allow here; set {off} for it")
+        if field == "fold_norm":
+            fp32, norm_folding = fold_norms(fp32, resolved, calib_images, image_input, extra_feeds)
+        else:
+            folded = frozenset(row["tensor"] for row in (norm_folding or {}).get("folded", []))
+            fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds, folded)
+        fp32_path = None  # the file holds the original weights: quantize the rewritten copy
+        resolved = resolve_plan(plan, fp32)  # rewritten weights are copies under new names
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     ranges_file = cache_path(cache_dir, model_key(fp32, weights_dir), plan.calibration, plan.target)
@@ -245,6 +254,8 @@ def quantize(
         report.pop("auto_calibration", None)
     if smoothing is not None:
         report["smoothing"] = smoothing
+    if norm_folding is not None:
+        report["norm_folding"] = norm_folding
     if plan.target == "openvino-cpu":
         report["fp16_storage_bytes_saved"] = store_weights_fp16(model, {
             layer.weight for layer in resolved.layers if layer.weight and resolved.spec(layer).precision == "bf16"})

@@ -82,7 +82,7 @@ def _reads(graph: onnx.GraphProto, boundary: bool = True) -> Counter:
     return uses
 
 
-def _inspect(graph: onnx.GraphProto, tensor: str) -> _Site | str:
+def inspect_site(graph: onnx.GraphProto, tensor: str) -> _Site | str:
     """The site where `tensor` can be smoothed, or why it cannot (a one-line reason)."""
     inits = {i.name: i for i in graph.initializer}
     uses = _reads(graph)
@@ -151,8 +151,13 @@ def smoothing_factors(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: 
     return np.where((a > 0) & (w > 0) & np.isfinite(s), s, 1.0)
 
 
-def smoothing_groups(model: onnx.ModelProto, resolved: ResolvedPlan) -> tuple[list[SmoothGroup], list[dict]]:
-    """The tensors the plan smooths, and the skipped ones as ``{tensor, layers, reason}``."""
+def smoothing_groups(model: onnx.ModelProto, resolved: ResolvedPlan,
+                     folded: frozenset[str] = frozenset()) -> tuple[list[SmoothGroup], list[dict]]:
+    """The tensors the plan smooths, and the skipped ones as ``{tensor, layers, reason}``.
+
+    `folded`: LayerNorm outputs whose affine `norm_folding` moved into their readers; smoothing them
+    would give those LayerNorms an affine again, so they are skipped.
+    """
     quant_nodes = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
     if [(n.name, n.op_type) for n in quant_nodes] != [(la.node, la.op_type) for la in resolved.layers]:
         raise ValueError("the plan was resolved on another graph (its layers do not match this model's nodes)")
@@ -168,8 +173,11 @@ def smoothing_groups(model: onnx.ModelProto, resolved: ResolvedPlan) -> tuple[li
             wanted.setdefault(node.input[0], []).append(layer)
     groups: list[SmoothGroup] = []
     for tensor, asking in wanted.items():
-        site = _inspect(model.graph, tensor)
+        site = inspect_site(model.graph, tensor)
         names = [la.name for la in asking]
+        if tensor in folded:
+            skipped.append({"tensor": tensor, "layers": names, "reason": "its LayerNorm is folded (fold_norm)"})
+            continue
         if isinstance(site, str):
             skipped.append({"tensor": tensor, "layers": names, "reason": site})
             continue
@@ -215,7 +223,7 @@ def apply_smoothing(model: onnx.ModelProto, groups: list[SmoothGroup],
     out.CopyFrom(model)
     graph, rows = out.graph, []
     for group in groups:
-        site = _inspect(graph, group.tensor)
+        site = inspect_site(graph, group.tensor)
         if isinstance(site, str) or [n.name for n in site.readers] != group.nodes:
             why = site if isinstance(site, str) else f"its readers are {[n.name for n in site.readers]}"
             raise ValueError(f"group {group.tensor!r} does not fit this model: {why}")
@@ -258,12 +266,14 @@ def _rescale(graph: onnx.GraphProto, edits: list[_Edit], arrays: dict[str, np.nd
 
 
 def smooth(model: onnx.ModelProto, resolved: ResolvedPlan, images: np.ndarray, image_input: str,
-           extra_feeds: dict[str, np.ndarray] | None = None) -> tuple[onnx.ModelProto, dict]:
+           extra_feeds: dict[str, np.ndarray] | None = None,
+           folded: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, dict]:
     """Smooth every tensor the plan asks for: ``(model, {"groups": [report rows], "skipped": [...]})``.
 
     Without a smoothable group the input model itself comes back, and ONNX Runtime is not run.
+    `folded`: see `smoothing_groups`.
     """
-    groups, skipped = smoothing_groups(model, resolved)
+    groups, skipped = smoothing_groups(model, resolved, folded)
     if not groups:
         return model, {"groups": [], "skipped": skipped}
     absmax = channel_absmax(model, [g.tensor for g in groups], images, image_input, extra_feeds)
