@@ -38,6 +38,9 @@ CANDIDATES = {  # label -> plan text (None: FP32)
     "int8, 256 images, auto, smoothing alpha 0.5 (shipped mixed)": HEAD.format(n=256, p=99.99).replace(
         "method: percentile, percentile: 99.99", "method: auto").replace(
         "activations: static}", "activations: static, smoothing: {alpha: 0.5}}"),
+    "int8, 256 images, auto, smoothing alpha 0.5, LayerNorm affines folded (fold_norm)": HEAD.format(n=256, p=99.99)
+    .replace("method: percentile, percentile: 99.99", "method: auto").replace(
+        "activations: static}", "activations: static, smoothing: {alpha: 0.5}, fold_norm: true}"),
     "int8, 256 images, minmax": HEAD.format(n=256, p=99.99).replace("method: percentile", "method: minmax"),
     "int8, 256 images, heads fp32": HEAD.format(n=256, p=99.99) + "rules:\n  - match: 'heads.*'\n    precision: fp32\n",
     "int8, 256 images, token_init fp32": HEAD.format(n=256, p=99.99) + (

@@ -260,9 +260,9 @@ def load_inputs(folder: str | Path, size: int = 64) -> np.ndarray:
 
 
 def plan_text(images: str | Path, method: str | None, percentile: float = 99.99, num_images: int = 32,
-              size: int = 64, smoothing: float | None = None) -> str:
+              size: int = 64, smoothing: float | None = None, fold_norm: bool = False) -> str:
     """An int8 static per-channel plan for onnxruntime-cpu; `method=None` leaves out the `method:` key;
-    `smoothing` (alpha) adds SmoothQuant on every layer that can take it."""
+    `smoothing` (alpha) adds SmoothQuant on every layer that can take it, `fold_norm` LayerNorm folding."""
     calib = {} if method is None else {"method": method}
     if method == "percentile":
         calib["percentile"] = percentile
@@ -271,7 +271,8 @@ def plan_text(images: str | Path, method: str | None, percentile: float = 99.99,
     return ("version: 1\ntarget: onnxruntime-cpu\n"
             f"calibration: {json.dumps(calib)}\n"  # JSON is YAML flow style, paths quoted
             "default: {precision: int8, weight_granularity: per-channel, activations: static"
-            + (f", smoothing: {{alpha: {smoothing}}}" if smoothing is not None else "") + "}\n")
+            + (f", smoothing: {{alpha: {smoothing}}}" if smoothing is not None else "")
+            + (", fold_norm: true" if fold_norm else "") + "}\n")
 
 
 def quantize_with_library(onnx_file: Path, out_dir: Path, text: str) -> Path:

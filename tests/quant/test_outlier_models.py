@@ -8,6 +8,8 @@ bench/outlier_models.py measures every method on the same models.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -46,9 +48,9 @@ def setup(tmp_path_factory):
 
 
 def _library(setup, variant: str, name: str, method: str | None, percentile: float = 99.99,
-             smoothing: float | None = None) -> dict:
+             smoothing: float | None = None, fold_norm: bool = False) -> dict:
     qdq = quantize_with_library(setup["models"][variant], setup["root"] / variant / name,
-                                plan_text(setup["calib"], method, percentile, smoothing=smoothing))
+                                plan_text(setup["calib"], method, percentile, smoothing=smoothing, fold_norm=fold_norm))
     return compare(setup["fp32"][variant], run_model(qdq, setup["inputs"]))
 
 
@@ -117,6 +119,20 @@ def test_smoothing_helps_on_layernorm_outlier_channels(setup):
     assert _worst(smoothed) >= 0.99
     for name in OUTPUTS:
         assert 1 - smoothed[name]["worst_r"] < 0.8 * (1 - plain[name]["worst_r"]), (name, plain, smoothed)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_norm_folding_is_safe_on_outlier_models(setup, variant):
+    """`fold_norm` on LayerNorms whose gamma carries 50-100x outlier channels, and on massive tokens: the
+    guard folds only where the estimated int8 error allows, so the worst image stays as good as without it."""
+    plain = _library(setup, variant, "default", None)
+    folded = _library(setup, variant, "fold", None, fold_norm=True)
+    report = json.loads((setup["root"] / variant / "fold" / "report.json").read_text())["norm_folding"]
+    print(variant, {"folded": len(report["folded"]), "skipped": [r["reason"][:60] for r in report["skipped"]]})
+    assert report["folded"] or report["skipped"]  # every LayerNorm was considered
+    for name in OUTPUTS:
+        assert folded[name]["worst_r"] >= 0.99, (name, folded)
+        assert 1 - folded[name]["worst_r"] <= 1.5 * (1 - plain[name]["worst_r"]) + 1e-3, (name, plain, folded)
 
 
 @pytest.mark.parametrize("variant", MASSIVE)

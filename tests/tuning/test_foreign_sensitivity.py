@@ -219,17 +219,19 @@ def test_auto_plan_output_error_is_verified_independently(bench, tmp_path):
 
 
 def test_variant_plans_keep_smoothing_and_the_input_section():
-    """A base plan with smoothing and a foreign input section renders variant plans that read back the same."""
+    """A base plan with smoothing, LayerNorm folding and a foreign input section renders variant plans that
+    read back the same."""
     from vggt_deploy.graph.layers import Layer
     from vggt_deploy.quant.plan import parse_plan
     from vggt_deploy.tuning.units import model_units, unit_plan
 
     base = parse_plan("version: 1\ncalibration: {images: x, input: {name: pixels, size: 32}}\n"
                       "default: {precision: int8, smoothing: {alpha: 0.5}}\n"
-                      "rules:\n  - match: 'blocks.1.*'\n    smoothing: {alpha: 0.8}\n")
+                      "rules:\n  - match: 'blocks.1.*'\n    smoothing: {alpha: 0.8}\n    fold_norm: true\n")
     layers = [Layer(f"blocks.{i}.mlp.fc1", f"n{i}", "MatMul", f"w{i}") for i in range(2)]
     units = model_units(layers, "block")
     plan = unit_plan(base, units, {u.name for u in units}, [l.name for l in layers])
     assert plan.default.smoothing == 0.5 and plan.calibration.input == base.calibration.input
     resolved = plan.resolve([l.name for l in layers])
-    assert resolved["blocks.1.mlp.fc1"].spec.smoothing == 0.8
+    assert resolved["blocks.1.mlp.fc1"].spec.smoothing == 0.8 and resolved["blocks.1.mlp.fc1"].spec.fold_norm
+    assert not resolved["blocks.0.mlp.fc1"].spec.fold_norm

@@ -120,10 +120,13 @@ class BaseWorkbench:
     def _calibration(self) -> np.ndarray | None:
         """None when the range cache already holds this model's ranges (quantize reads them from there).
 
-        Smoothing measures activation channels on the calibration images, so a plan with it always needs them.
+        Smoothing and LayerNorm folding measure activations on the calibration images, so a plan with
+        either always needs them.
         """
-        smoothing = self.base.default.smoothing is not None or any("smoothing" in r.overrides for r in self.base.rules)
-        return None if self._ranges_file.is_file() and not smoothing else self.calib
+        default = self.base.default
+        rewrites = (default.smoothing is not None or default.fold_norm
+                    or any("smoothing" in r.overrides or r.overrides.get("fold_norm") for r in self.base.rules))
+        return None if self._ranges_file.is_file() and not rewrites else self.calib
 
     @property
     def layer_names(self) -> list[str]:
