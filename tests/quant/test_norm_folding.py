@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from int8_quant import int8_error, quantize_minmax, run
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from vggt_deploy.quant.norm_folding import apply_folds, fold_candidates, fold_norms
 from vggt_deploy.quant.plan import PlanError, parse_plan
@@ -71,8 +70,12 @@ def _inputs(seed: int, n: int, realistic: bool = False) -> np.ndarray:
     return x
 
 
+def _feeds(xs: np.ndarray) -> list[dict[str, np.ndarray]]:
+    return [{"x": x} for x in xs]
+
+
 def _run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return run(model, {"x": x})
 
 
 def _init(model, name) -> np.ndarray:
@@ -82,33 +85,6 @@ def _init(model, name) -> np.ndarray:
 def _norm_affine(model) -> tuple[np.ndarray, np.ndarray]:
     norm = next(n for n in model.graph.node if n.op_type == "LayerNormalization")
     return _init(model, norm.input[1]), _init(model, norm.input[2])
-
-
-def _quantize(model: onnx.ModelProto, calib: np.ndarray, path) -> onnx.ModelProto:
-    """ONNX Runtime's static QDQ quantization (uint8 per-tensor activations, int8 per-channel weights)."""
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": x} for x in calib])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    src, dst = path.with_suffix(".onnx"), path.with_suffix(".int8.onnx")
-    onnx.save(model, str(src))
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    return onnx.load(str(dst))
-
-
-def _int8_error(model, calib, test, path) -> float:
-    """Relative RMS error of the int8 model against `model` itself in float, on `test`."""
-    q = _quantize(model, calib, path)
-    errs = []
-    for x in test:
-        ref, got = _run(model, x), _run(q, x)
-        errs.append(sum(np.sum((a - b) ** 2) for a, b in zip(ref, got)) / sum(np.sum(a**2) for a in ref))
-    return float(np.sqrt(np.mean(errs)))
 
 
 def test_folding_is_exact_and_leaves_the_norm_without_affine():
@@ -152,8 +128,8 @@ def test_the_guard_refuses_where_real_int8_error_would_grow(tmp_path):
     assert kept is model and report["folded"] == []
     assert "raise the estimated int8 error" in report["skipped"][0]["reason"]
     forced = apply_folds(model, fold_candidates(model, resolve_plan(_plan(), model))[0])
-    plain, folded = _int8_error(model, calib, test, tmp_path / "plain"), _int8_error(forced, calib, test,
-                                                                                    tmp_path / "folded")
+    plain, folded = int8_error(model, _feeds(calib), _feeds(test), tmp_path / "plain"), int8_error(
+        forced, _feeds(calib), _feeds(test), tmp_path / "folded")
     print(f"int8 relative error: LayerNorm kept {plain:.4f}, folded {folded:.4f}")
     assert folded > 1.5 * plain
 
@@ -163,8 +139,8 @@ def test_the_guard_lets_a_benign_norm_fold_at_no_real_cost(tmp_path):
     calib, test = _inputs(1, 8), _inputs(2, 4)
     folded_model, report = fold_norms(model, resolve_plan(_plan(), model), calib[:, 0], "x")
     assert len(report["folded"]) == 1
-    plain, folded = _int8_error(model, calib, test, tmp_path / "plain"), _int8_error(folded_model, calib, test,
-                                                                                    tmp_path / "folded")
+    plain, folded = int8_error(model, _feeds(calib), _feeds(test), tmp_path / "plain"), int8_error(
+        folded_model, _feeds(calib), _feeds(test), tmp_path / "folded")
     assert folded < 1.25 * plain
 
 
@@ -175,7 +151,7 @@ def test_openvino_runs_a_folded_norm_and_its_quantizer_as_one_node(tmp_path):
     folded, _ = fold_norms(model, resolve_plan(_plan(), model), calib[:, 0], "x")
     executed = {}
     for tag, m in (("plain", model), ("folded", folded)):
-        q = _quantize(m, calib, tmp_path / tag)
+        q = quantize_minmax(m, _feeds(calib), tmp_path / tag)
         compiled = ov.Core().compile_model(ov.Core().read_model(q.SerializeToString(), b""), "CPU",
                                            {"INFERENCE_PRECISION_HINT": "f32"})
         ops = compiled.get_runtime_model().get_ordered_ops()

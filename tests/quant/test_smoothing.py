@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from int8_quant import int8_error
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from vggt_deploy.quant.plan import parse_plan
 from vggt_deploy.quant.resolved import resolve_plan
@@ -271,32 +271,12 @@ def test_apply_refuses_groups_of_another_model():
         apply_smoothing(_ln_qkv(extra_reader="residual"), groups, {"ln": np.ones(D)})
 
 
-def _int8_error(model: onnx.ModelProto, calib: np.ndarray, test: np.ndarray, tmp_path, tag: str) -> float:
-    """Relative L2 error of the int8 QDQ model (per-channel weights, MinMax) against the FP32 original."""
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"x": c[None]} for c in calib])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    src, dst = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}.int8.onnx"
-    onnx.save(model, str(src))
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    errs = []
-    for x in test:
-        ref, got = _run(model, {"x": x[None]}), _run(onnx.load(str(dst)), {"x": x[None]})
-        errs.append(sum(np.sum((a - b) ** 2) for a, b in zip(ref, got)) / sum(np.sum(a**2) for a in ref))
-    return float(np.sqrt(np.mean(errs)))
-
-
 def test_int8_error_falls_with_smoothing(tmp_path):
     model = _ln_qkv()
     calib, test = _inputs(10, 8), _inputs(11, 4)
     smoothed, _ = smooth(model, resolve_plan(_plan(), model), calib, "x")
-    plain, smooth_err = _int8_error(model, calib, test, tmp_path, "plain"), _int8_error(smoothed, calib, test,
-                                                                                          tmp_path, "smooth")
+    calib, test = [{"x": c[None]} for c in calib], [{"x": x[None]} for x in test]
+    plain, smooth_err = int8_error(model, calib, test, tmp_path / "plain"), int8_error(smoothed, calib, test,
+                                                                                       tmp_path / "smooth")
     print(f"int8 relative error: plain {plain:.4f}, smoothed {smooth_err:.4f} ({plain / smooth_err:.1f}x lower)")
     assert smooth_err < plain / 4
