@@ -110,9 +110,9 @@ def _array(inits: dict, name: str) -> np.ndarray:
     return numpy_helper.to_array(inits[name]).astype(np.float64)
 
 
-def _affine(inits: dict, norm: onnx.NodeProto, channels: int) -> tuple[np.ndarray, np.ndarray]:
+def _affine(inits: dict, norm: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
     gamma = _array(inits, norm.input[1])
-    beta = _array(inits, norm.input[2]) if len(norm.input) > 2 and norm.input[2] else np.zeros(channels)
+    beta = _array(inits, norm.input[2]) if len(norm.input) > 2 and norm.input[2] else np.zeros_like(gamma)
     return gamma, beta
 
 
@@ -132,14 +132,15 @@ def error_ratios(model: onnx.ModelProto, folds: list[_Fold], images: np.ndarray,
     """Per fold, estimated int8 error after folding / before, on the calibration images."""
     inits = {i.name: i for i in model.graph.initializer}
     sources = list(dict.fromkeys(f.norm.input[0] for f in folds))
+    affines = {f.tensor: _affine(inits, f.norm) for f in folds}
+    eps = {f.tensor: next((a.f for a in f.norm.attribute if a.name == "epsilon"), 1e-5) for f in folds}
     stats: dict[str, dict] = {}
     for values in iterate_activations(model, sources, images, image_input, extra_feeds, desc="norm folding"):
         for fold in folds:
             x = values[fold.norm.input[0]]
             x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            eps = next((a.f for a in fold.norm.attribute if a.name == "epsilon"), 1e-5)
-            xhat = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + eps)
-            gamma, beta = _affine(inits, fold.norm, x.shape[1])
+            xhat = (x - x.mean(axis=1, keepdims=True)) / np.sqrt(x.var(axis=1, keepdims=True) + eps[fold.tensor])
+            gamma, beta = affines[fold.tensor]
             y = xhat * gamma + beta
             s = stats.setdefault(fold.tensor, {"n": 0, "xhat": [np.inf, -np.inf, 0.0], "y": [np.inf, -np.inf, 0.0]})
             s["n"] += len(x)
@@ -149,7 +150,7 @@ def error_ratios(model: onnx.ModelProto, folds: list[_Fold], images: np.ndarray,
     for fold in folds:
         s = stats[fold.tensor]
         weight = np.concatenate([_array(inits, mm.input[1]) for mm, _ in fold.readers], axis=1)
-        gamma, _ = _affine(inits, fold.norm, weight.shape[0])
+        gamma, _ = affines[fold.tensor]
         before = int8_error(s["y"][1] - s["y"][0], s["y"][2] / s["n"], weight)
         after = int8_error(s["xhat"][1] - s["xhat"][0], s["xhat"][2] / s["n"], weight * gamma[:, None])
         ratios.append(after / before if before > 0 else np.inf)
@@ -176,10 +177,10 @@ def apply_folds(model: onnx.ModelProto, folds: list[_Fold]) -> onnx.ModelProto:
     for fold in folds:
         inits = {i.name: i for i in graph.initializer}
         norm = nodes[fold.norm.name]
+        gamma, beta = _affine(inits, norm)
         for mm_ref, add_ref in fold.readers:
             mm, add = nodes[mm_ref.name], nodes[add_ref.name]
             weight = _array(inits, mm.input[1])
-            gamma, beta = _affine(inits, norm, weight.shape[0])
             port = 1 if add.input[0] == mm.output[0] else 0
             _set(graph, add, port, _array(inits, add.input[port]) + beta @ weight, "normfold")
             _set(graph, mm, 1, weight * gamma[:, None], "normfold")
