@@ -131,6 +131,17 @@ def _quiet_quantizer():
         root.setLevel(level)
 
 
+def _check_weight_rewrite(field: str, off: str, source: str, calib_images: np.ndarray | None,
+                          weights_dir: Path | None) -> None:
+    """A plan field that rewrites FP32 weights from measured activations (`fold_norm`, `smoothing`) needs
+    calibration images and weights held in memory."""
+    if calib_images is None:
+        raise UserError(f"{field} needs calibration images to measure activations (plan calibration.images)")
+    if weights_dir is not None:
+        raise UserError(f"{source}: {field} rewrites weights in memory, which a model with external "
+                        f"weights does not allow here; set {off} for it")
+
+
 def quantize(
     fp32: onnx.ModelProto,
     resolved: ResolvedPlan,
@@ -159,24 +170,18 @@ def quantize(
     if weights_dir is not None and plan.calibration.method == "entropy":
         raise UserError(f"{plan.source}: calibration.method entropy holds the whole model in memory, which a model "
                         "with external weights does not allow here; use auto (the default), minmax or percentile")
-    norm_folding = None
-    for field, off in (("fold_norm", "fold_norm: false"), ("smoothing", "smoothing: off")):
-        values = [getattr(resolved.spec(layer), field) for layer in resolved.layers]
-        if all(v is None or v is False for v in values):  # smoothing alpha 0.0 is on
-            continue
-        # Both rewrite the FP32 weights before calibration; the ranges are those of the rewritten graph.
-        if calib_images is None:
-            raise UserError(f"{field} needs calibration images to measure activations (plan calibration.images)")
-        if weights_dir is not None:
-            raise UserError(f"{plan.source}: {field} rewrites weights in memory, which a model with external "
-                            f"weights does not allow here; set {off} for it")
-        if field == "fold_norm":
-            fp32, norm_folding = fold_norms(fp32, resolved, calib_images, image_input, extra_feeds)
-        else:
-            folded = frozenset(row["tensor"] for row in (norm_folding or {}).get("folded", []))
-            fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds, folded)
-        fp32_path = None  # the file holds the original weights: quantize the rewritten copy
-        resolved = resolve_plan(plan, fp32)  # rewritten weights are copies under new names
+    # LayerNorm folding and smoothing rewrite the FP32 weights before calibration: the ranges are those of the
+    # rewritten graph, and rewritten weights are copies under new names, so the plan is resolved again on it.
+    norm_folding, folded = None, frozenset()
+    if any(resolved.spec(layer).fold_norm for layer in resolved.layers):
+        _check_weight_rewrite("fold_norm", "fold_norm: false", plan.source, calib_images, weights_dir)
+        fp32, norm_folding = fold_norms(fp32, resolved, calib_images, image_input, extra_feeds)
+        folded = frozenset(row["tensor"] for row in norm_folding["folded"])
+        fp32_path, resolved = None, resolve_plan(plan, fp32)  # the file holds the original weights
+    if any(resolved.spec(layer).smoothing is not None for layer in resolved.layers):
+        _check_weight_rewrite("smoothing", "smoothing: off", plan.source, calib_images, weights_dir)
+        fp32, smoothing = smooth(fp32, resolved, calib_images, image_input, extra_feeds, folded)
+        fp32_path, resolved = None, resolve_plan(plan, fp32)
     static, dynamic, weight_only = resolved.partition()
     trt = plan.target == "tensorrt"
     ranges_file = cache_path(cache_dir, model_key(fp32, weights_dir), plan.calibration, plan.target)

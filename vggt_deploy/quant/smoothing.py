@@ -173,11 +173,11 @@ def smoothing_groups(model: onnx.ModelProto, resolved: ResolvedPlan,
             wanted.setdefault(node.input[0], []).append(layer)
     groups: list[SmoothGroup] = []
     for tensor, asking in wanted.items():
-        site = inspect_site(model.graph, tensor)
         names = [la.name for la in asking]
         if tensor in folded:
             skipped.append({"tensor": tensor, "layers": names, "reason": "its LayerNorm is folded (fold_norm)"})
             continue
+        site = inspect_site(model.graph, tensor)
         if isinstance(site, str):
             skipped.append({"tensor": tensor, "layers": names, "reason": site})
             continue
