@@ -35,10 +35,10 @@ CANDIDATES = {  # label -> plan text (None: FP32)
     "int8, 256 images, percentile 99.999 (shipped mixed before auto)": HEAD.format(n=256, p=99.999),
     "int8, 256 images, auto (shipped mixed before smoothing)": HEAD.format(n=256, p=99.99).replace(
         "method: percentile, percentile: 99.99", "method: auto"),
-    "int8, 256 images, auto, smoothing alpha 0.5 (shipped mixed)": HEAD.format(n=256, p=99.99).replace(
+    "int8, 256 images, auto, smoothing alpha 0.5 (shipped mixed before fold_norm)": HEAD.format(n=256, p=99.99).replace(
         "method: percentile, percentile: 99.99", "method: auto").replace(
         "activations: static}", "activations: static, smoothing: {alpha: 0.5}}"),
-    "int8, 256 images, auto, smoothing alpha 0.5, LayerNorm affines folded (fold_norm)": HEAD.format(n=256, p=99.99)
+    "int8, 256 images, auto, smoothing alpha 0.5, LayerNorm affines folded (fold_norm, shipped mixed)": HEAD.format(n=256, p=99.99)
     .replace("method: percentile, percentile: 99.99", "method: auto").replace(
         "activations: static}", "activations: static, smoothing: {alpha: 0.5}, fold_norm: true}"),
     "int8, 256 images, minmax": HEAD.format(n=256, p=99.99).replace("method: percentile", "method: minmax"),

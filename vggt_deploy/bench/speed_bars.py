@@ -72,6 +72,6 @@ def profile_sentence(profile: dict) -> str:
             f"64-token FCs' rate; the lowering already runs q, k and v as one FC) and a smaller float part: "
             f"the per-head q/k norms (one MVN for q and k of each self-attention since the lowering's heads_first, "
             f"but over rows of 64 values, which this kernel runs slowly), the cross-attentions' key transposes (row "
-            f"copies since "
-            f"the lowering) and LayerNorm affines that cannot merge into the MVN before them; int8 attention "
-            f"matmuls measured slower and cost accuracy.")
+            f"copies since the lowering) and the LayerNorm affines `fold_norm` cannot move into the weights (a "
+            f"LayerNorm with a reader other than a Linear: the grounding tokens add positions after theirs); int8 "
+            f"attention matmuls measured slower and cost accuracy.")
