@@ -146,3 +146,19 @@ def test_plan_show_resolves_on_the_graph_export_writes(tiny_model_dir):
     result = _run("plan", "show", "--model", tiny_model_dir, "--plan", "int8")
     assert result.exit_code == 0, result.output
     assert "blocks.0.attn.q " in result.output and "val_" not in result.output
+
+
+def test_export_summarises_norm_folding_and_smoothing(tiny_model_dir, tmp_path):
+    """The weight rewrites a plan asks for are summarised on the console, with the counts of report.json."""
+    plan = tmp_path / "fold.yaml"
+    plan.write_text("version: 1\ntarget: openvino-cpu\ncalibration: {method: minmax, images: calib_data, num_images: 6}\n"
+                    "default: {precision: int8, activations: static, smoothing: {alpha: 0.5}, fold_norm: true}\n")
+    out = tmp_path / "out"
+    result = _run("export", "--model", tiny_model_dir, "--plan", plan, "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    folding, smoothing = report["norm_folding"], report["smoothing"]
+    assert folding["folded"], "the tiny model's pre-norm LayerNorms fold"
+    assert (f"LayerNorm folding: {len(folding['folded'])} folded into their readers, "
+            f"{len(folding['skipped'])} left") in result.output
+    assert f"smoothing: {len(smoothing['groups'])} activation(s) smoothed" in result.output

@@ -54,6 +54,13 @@ def export(model_dir, onnx_file, plan_value, target, eval_images, output) -> Non
             kept = auto["choices"].get("minmax", 0)
             click.echo(f"calibration auto: {len(auto['tensors']) - kept} activation ranges clipped where that lowered "
                        f"the consumers' output error, {kept} kept whole (reasons per tensor in report.json)")
+        folding, smoothing = result.report.get("norm_folding"), result.report.get("smoothing")
+        if folding:
+            click.echo(f"LayerNorm folding: {len(folding['folded'])} folded into their readers, "
+                       f"{len(folding['skipped'])} left (reasons in report.json)")
+        if smoothing:
+            click.echo(f"smoothing: {len(smoothing['groups'])} activation(s) smoothed into their readers' weights, "
+                       f"{len(smoothing['skipped'])} left (reasons in report.json)")
         agreement = result.report.get("agreement")
         if agreement:
             click.echo(f"agreement with FP32 on {agreement['num_images']} held-out images:")
