@@ -1,5 +1,5 @@
-"""ONNX Runtime's own static int8 quantization, shared by the tests that compare a graph rewrite's
-real int8 error before and after it (smoothing, LayerNorm folding)."""
+"""Shared by the tests of the FP32 weight rewrites (smoothing, LayerNorm folding): the plan they resolve,
+and ONNX Runtime's own static int8 quantization to compare a rewrite's real int8 error before and after."""
 
 from __future__ import annotations
 
@@ -9,6 +9,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from vggt_deploy.quant.plan import QdqPlan, parse_plan
+
+_PLAN = """\
+version: 1
+target: {target}
+calibration: {{method: minmax, images: calib_data, num_images: 4}}
+default: {{precision: int8, weight_granularity: per-channel, activations: static}}
+rules:
+{rules}
+"""
+
+
+def rewrite_plan(rules: str, target: str) -> QdqPlan:
+    """int8 everywhere (per-channel weights, static activations, MinMax on 4 images) for `target`, plus `rules`."""
+    return parse_plan(_PLAN.format(target=target, rules=rules))
 
 
 def quantize_minmax(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]], stem: Path) -> onnx.ModelProto:

@@ -5,29 +5,21 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from int8_quant import int8_error, quantize_minmax, run
+from int8_quant import int8_error, quantize_minmax, rewrite_plan, run
 from onnx import TensorProto, helper, numpy_helper
 
 from vggt_deploy.quant.norm_folding import apply_folds, fold_candidates, fold_norms
-from vggt_deploy.quant.plan import PlanError, parse_plan
+from vggt_deploy.quant.plan import PlanError
 from vggt_deploy.quant.resolved import resolve_plan
 
 D, T = 32, 24
 MASSIVE = 5  # the channel of a "massive activation" in the realistic case
 
-PLAN = """\
-version: 1
-target: openvino-cpu
-calibration: {{method: minmax, images: calib_data, num_images: 4}}
-default: {{precision: int8, weight_granularity: per-channel, activations: static}}
-rules:
-{rules}
-"""
 FOLD_ALL = '  - match: "*"\n    fold_norm: true'
 
 
 def _plan(rules: str = FOLD_ALL):
-    return parse_plan(PLAN.format(rules=rules))
+    return rewrite_plan(rules, "openvino-cpu")
 
 
 def _vi(name, shape):

@@ -6,29 +6,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from int8_quant import int8_error
+from int8_quant import int8_error, rewrite_plan
 from onnx import TensorProto, helper, numpy_helper
 
-from vggt_deploy.quant.plan import parse_plan
 from vggt_deploy.quant.resolved import resolve_plan
 from vggt_deploy.quant.smoothing import apply_smoothing, smooth, smoothing_factors, smoothing_groups
 
 D, T = 16, 24
 OUTLIERS = [3, 11]  # LayerNorm channels whose gamma is 80x larger: activation outliers
 
-PLAN = """\
-version: 1
-target: onnxruntime-cpu
-calibration: {{method: minmax, images: calib_data, num_images: 4}}
-default: {{precision: int8, weight_granularity: per-channel, activations: static}}
-rules:
-{rules}
-"""
 SMOOTH_ALL = '  - match: "*"\n    smoothing: {alpha: %s}'
 
 
 def _plan(rules: str = SMOOTH_ALL % 0.5):
-    return parse_plan(PLAN.format(rules=rules))
+    return rewrite_plan(rules, "onnxruntime-cpu")
 
 
 def _vi(name, shape):
