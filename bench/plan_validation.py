@@ -16,7 +16,7 @@ disjoint from the reporting split), on OpenVINO (bf16 float parts) where the pla
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 from vggt_deploy.backends.onnxruntime.runner import OrtRunner
@@ -24,8 +24,7 @@ from vggt_deploy.backends.openvino.runner import OvRunner
 from vggt_deploy.bench.evaluate import evaluate, runner_infer
 from vggt_deploy.bench.targets import TARGETS, BenchConfig, Builds
 from vggt_deploy.compile import export_from_model
-from vggt_deploy.data.coco import load_coco, synthetic_split
-from vggt_deploy.fileio import atomic_write_text
+from vggt_deploy.data.coco import GroundingDataset, load_coco, synthetic_split
 from vggt_deploy.model.io import load_model
 from vggt_deploy.paths import default_model_dir, shipped_plan
 from vggt_deploy.quant.plan import load_plan, parse_plan
@@ -37,26 +36,17 @@ REPORTED = 1000  # the bench's eval split: images 0..999, left out here
 HELD_OUT = 3000
 
 
-def held_out_annotations() -> tuple[Path, Path, Path]:
-    """(image folder, instances.json, refs.json) of eval images REPORTED..REPORTED+HELD_OUT-1."""
-    root = synthetic_split("eval", REPORTED + HELD_OUT)
-    instances = json.loads((root / "instances.json").read_text())
-    images = sorted(instances["images"], key=lambda image: image["file_name"])[REPORTED:]
-    keep = {image["id"] for image in images}
-    subset = {**instances, "images": images,
-              "annotations": [a for a in instances["annotations"] if a["image_id"] in keep],
-              "image_labels": [x for x in instances.get("image_labels", []) if x["image_id"] in keep]}
-    refs = [r for r in json.loads((root / "refs.json").read_text()) if r["image_id"] in keep]
-    BUILD.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(BUILD / "instances.json", json.dumps(subset))
-    atomic_write_text(BUILD / "refs.json", json.dumps(refs))
-    return root, BUILD / "instances.json", BUILD / "refs.json"
+def held_out_images() -> GroundingDataset:
+    """Eval images REPORTED..REPORTED+HELD_OUT-1: the records after the reporting split's, scored alone
+    (the COCO ground truth is built from the records evaluated)."""
+    dataset = load_coco(synthetic_split("eval", REPORTED + HELD_OUT))
+    return dataclasses.replace(dataset, records=dataset.records[REPORTED:])
 
 
 def main() -> None:
     model = default_model_dir()
     loaded = load_model(model)
-    dataset = load_coco(*held_out_annotations())
+    dataset = held_out_images()
     shipped = shipped_plan("mixed")
     without_fold = shipped.read_text().replace("fold_norm: true", "fold_norm: false")
     builds = Builds(BenchConfig(model_dir=model, build_dir=BUILD / "bench"))
