@@ -23,6 +23,8 @@ GPU_PREFIXES = ("trt-",)  # targets that run on the GPU (the harness's TensorRT 
 ANALYSIS_SECTIONS = [
     ("plan_candidates", "## Plans tuned on OpenVINO: candidates for the shipped mixed plan", "python bench/plan_candidates.py"),
     ("plan_validation", "## The shipped plan's close calls, on held-out images", "python bench/plan_validation.py"),
+    ("map_significance", "## Are the mAP gaps real? Paired shard comparison on 4000 images",
+     "python bench/map_significance.py"),
     ("outlier_models", "## Real-model activation statistics: outlier ViTs, calibration methods and references",
      "python bench/outlier_models.py"),
     ("qat", "## PTQ vs QAT (quantization-aware training with the same plan)", "python bench/qat_table.py"),
