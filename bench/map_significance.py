@@ -78,11 +78,11 @@ def main() -> None:
     rows = []
     for a, b in PAIRS:
         d = paired_difference(shards[a], shards[b], SHARD)
-        rows.append({"a": LABELS[a], "b": LABELS[b], "map_a": whole[a], "map_b": whole[b],
+        rows.append({"a": LABELS[a], "b": LABELS[b], "a_target": a, "b_target": b, "map_a": whole[a], "map_b": whole[b],
                      "whole_diff_points": 100 * (whole[a] - whole[b]),
                      "reported_diff_points": 100 * (reported[a] - reported[b]),
                      "shard_diff_points": 100 * d.mean, "ci_low_points": 100 * d.low, "ci_high_points": 100 * d.high,
-                     "verdict": d.verdict})
+                     "images": IMAGES, "shards": d.shards, "verdict": d.verdict})
     write_table("map_significance", rows, [
         ("a", "a"), ("b", "b"), ("map_a", f"mAP a ({IMAGES})"), ("map_b", f"mAP b ({IMAGES})"),
         ("reported_diff_points", f"a - b, first {REPORTED} (points)"),

@@ -55,3 +55,20 @@ def test_profile_sentence_splits_int8_and_float_time():
              "us": 1700.0, "total_us": 2700.0}]
     text = profile_sentence({"rows": rows})
     assert "spends 2000 µs" in text and "50% in int8 kernels" in text and "1.70x" in text and "1000 µs in float" in text
+
+
+def _gap_row(verdict, low, high):
+    return {"a_target": "ov-mixed", "b_target": "nncf-ov", "images": 4000, "shards": 40, "whole_diff_points": -0.03,
+            "shard_diff_points": -0.05, "ci_low_points": low, "ci_high_points": high, "verdict": verdict}
+
+
+def test_the_peer_gap_sentence_reads_the_paired_comparison():
+    from vggt_deploy.bench.speed_bars import peer_gap_sentence
+
+    other = {**_gap_row("a < b", -0.2, -0.1), "a_target": "ov-bf16", "b_target": "fp32"}
+    text = peer_gap_sentence({"rows": [other, _gap_row("no difference", -0.13, 0.04)]})
+    assert "on 4000 images (40 paired shards" in text and "is -0.030 points" in text
+    assert "[-0.130, +0.040]" in text and "no measurable difference" in text
+    assert "nncf-ov is measurably better" in peer_gap_sentence({"rows": [_gap_row("a < b", -0.2, -0.1)]})
+    assert "ov-mixed is measurably better" in peer_gap_sentence({"rows": [_gap_row("a > b", 0.1, 0.2)]})
+    assert peer_gap_sentence({"rows": [other]}) is None

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from vggt_deploy.bench.speed_bars import bars_sentence, profile_sentence
+from vggt_deploy.bench.speed_bars import bars_sentence, peer_gap_sentence, profile_sentence
 
 Results = dict[str, dict]  # file stem -> parsed JSON
 
@@ -85,7 +85,8 @@ def machine(env: dict) -> str:
 # ---- Reading the numbers: bench.json, quant_accuracy.json, sweeps ----
 
 def _openvino(res: Results) -> str:
-    return bars_sentence(res["bench"])
+    gap = peer_gap_sentence(res["map_significance"]) if "map_significance" in res else None
+    return bars_sentence(res["bench"]) + (f" {gap}" if gap else "")
 
 
 def _ov_profile(res: Results) -> str:

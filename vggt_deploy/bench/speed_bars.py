@@ -51,6 +51,21 @@ def bars_sentence(bench: dict) -> str:
             f"{b['smaller_than_fp32']:.2f}x smaller than the FP32 ONNX file.")
 
 
+def peer_gap_sentence(significance: dict, subject: str = SUBJECT, peer: str = "nncf-ov") -> str | None:
+    """Whether `subject`'s mAP gap to `peer` is more than image-sampling noise, from the paired shard comparison
+    (bench/results/map_significance.json, `python bench/map_significance.py`); None without that row."""
+    row = next((r for r in significance.get("rows", [])
+                if (r.get("a_target"), r.get("b_target")) == (subject, peer)), None)
+    if row is None:
+        return None
+    verdict = {"no difference": "no measurable difference (the interval holds 0)",
+               "a > b": f"{subject} is measurably better", "a < b": f"{peer} is measurably better"}[row["verdict"]]
+    return (f"Whether the mAP gap to {peer} is real: on {row['images']} images ({row['shards']} paired shards, "
+            f"`python bench/map_significance.py`) {subject} minus {peer} is {row['whole_diff_points']:+.3f} points, "
+            f"mean per shard {row['shard_diff_points']:+.3f}, 95% interval [{row['ci_low_points']:+.3f}, "
+            f"{row['ci_high_points']:+.3f}]: {verdict}.")
+
+
 def profile_sentence(profile: dict) -> str:
     """Where ov-mixed's time goes (bench/results/ov_profile.json), against the FP32 graph in bf16."""
     rows = profile["rows"]
