@@ -156,3 +156,35 @@ def test_cli_unmeetable_budget_writes_best_plan(tiny_model_dir, tiny_data, tmp_p
     bad = CliRunner().invoke(main, ["sensitivity", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--plan",
                                     str(base), "--units", "blocks.0,blockz.1", "--work", str(tmp_path / "w2")])
     assert bad.exit_code == 2 and "unknown unit 'blockz.1'" in bad.output
+
+
+def test_float_units_are_bf16_on_openvino_and_drop_int8_only_rewrites(bench):
+    """On openvino-cpu a unit kept float is bf16 (fp32 would make OpenVINO run the whole graph in f32), and the
+    base default's smoothing and LayerNorm folding, which act on int8 layers only, are off there."""
+    from vggt_deploy.tuning.units import unit_plan
+
+    base = parse_plan(BASE.replace("onnxruntime-cpu", "openvino-cpu").replace(
+        "activations: static}", "activations: static, smoothing: {alpha: 0.5}, fold_norm: true}"), "ov.yaml")
+    plan = unit_plan(base, bench.all_units, {"blocks.1"}, bench.layer_names)
+    resolved = plan.resolve(bench.layer_names)
+    for unit in bench.all_units:
+        for layer in unit.layers:
+            spec = resolved[layer].spec
+            if unit.name == "blocks.1":
+                assert (spec.precision, spec.smoothing, spec.fold_norm) == ("int8", 0.5, True), layer
+            else:
+                assert (spec.precision, spec.smoothing, spec.fold_norm) == ("bf16", None, False), layer
+    assert parse_plan(plan.text).rules == plan.rules
+
+
+def test_a_plan_timed_on_openvino_is_read_for_openvino(tmp_path):
+    from vggt_deploy.cli.sensitivity_cmds import _base_plan
+    from vggt_deploy.paths import shipped_plan
+
+    base = tmp_path / "base.yaml"
+    base.write_text(BASE)
+    assert _base_plan(base, None, "openvino").target == "openvino-cpu"
+    assert _base_plan(base, None, "onnxruntime").target == "onnxruntime-cpu"
+    assert _base_plan(base, "onnxruntime-cpu", "openvino").target == "onnxruntime-cpu"  # --target wins
+    with pytest.raises(UserError, match="--runtime onnxruntime"):
+        _base_plan(shipped_plan("mixed-dynamic"), None, "openvino")  # dynamic activations: ONNX Runtime only

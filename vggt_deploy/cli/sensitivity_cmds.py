@@ -79,12 +79,31 @@ def _executor(spec: str, work_dir: Path, no_resume: bool):
     return make_executor(spec, None if no_resume else work_dir / "results")
 
 
+def _base_plan(path: Path, target: str | None, runtime: str):
+    """The base plan as `runtime` will run it.
+
+    Timed on OpenVINO, an ONNX Runtime CPU plan is read as `openvino-cpu` (the same U8S8 static QDQ) unless
+    --target says otherwise, so the units a variant keeps float become bf16 rules, the float OpenVINO runs
+    fast. Left fp32, any float unit makes OpenVINO run the whole graph in f32, and every latency saving
+    would be timed on a graph no OpenVINO plan ships (measured: 2.7 ms slower, the savings all negative).
+    """
+    from vggt_deploy.quant.plan import load_plan
+    from vggt_deploy.quant.plan_yaml import PlanError
+
+    base = load_plan(path, target=target)
+    if runtime != "openvino" or target is not None or base.target != "onnxruntime-cpu":
+        return base
+    try:
+        return load_plan(path, target="openvino-cpu")
+    except PlanError as exc:
+        raise UserError(f"{exc}\n  (savings timed on OpenVINO need a plan OpenVINO can run: use --runtime onnxruntime "
+                        "for this plan)") from None
+
+
 def _workbench(model_dir, onnx_file, plan_value, target, unit_kind, unit_names, eval_images, data_dir, work_dir,
                runtime):
-    from vggt_deploy.quant.plan import load_plan
-
     _check_source(model_dir, onnx_file, data_dir)
-    base = load_plan(plan_file(plan_value), target=target)
+    base = _base_plan(plan_file(plan_value), target, runtime)
     names = [n.strip() for n in unit_names.split(",") if n.strip()]
     if onnx_file is not None:
         from vggt_deploy.tuning.foreign import ForeignWorkbench

@@ -115,11 +115,14 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
     """A plan equal to `base` on the `quantized` units, float on every other unit.
 
     Rules, first match wins: attention units that are quantized (int8, static,
-    attention_matmuls on), then one fp32 rule per float unit, then the base
+    attention_matmuls on), then one float rule per float unit, then the base
     plan's rules that still decide some layer. `comments[unit]` is written
-    above that unit's rule.
+    above that unit's rule. Float is bf16 on `openvino-cpu` (what OpenVINO runs
+    float layers in; an fp32 rule would make it run the whole graph in f32) and
+    fp32 on the other targets.
     """
     comments = comments or {}
+    float_precision = "bf16" if base.target == "openvino-cpu" else "fp32"
     rules: list[tuple[str, dict, str]] = []
     for unit in units:
         if unit.attention and unit.name in quantized:
@@ -127,7 +130,10 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
                           comments.get(unit.name, "")))
     for unit in units:
         if unit.name not in quantized:
-            rules.append((unit.pattern, {"precision": "fp32"}, comments.get(unit.name, "")))
+            # smoothing and LayerNorm folding act on int8 layers only: a base default with them is switched off
+            off = {**({"smoothing": None} if base.default.smoothing is not None else {}),
+                   **({"fold_norm": False} if base.default.fold_norm else {})}
+            rules.append((unit.pattern, {"precision": float_precision, **off}, comments.get(unit.name, "")))
     generated = [Rule(p, o, 0) for p, o, _ in rules]
     deciding = set()
     for name in layer_names:
