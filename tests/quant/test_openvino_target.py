@@ -64,3 +64,19 @@ def test_openvino_honours_fp32_layers_by_running_f32(tiny_model_dir, tmp_path):
         assert runner.precision == "f32" and "fp32" in runner.precision_note
     with pytest.raises(UserError, match="cannot honour"):
         OvRunner(out.qdq, precision="bf16").activate()
+
+
+def test_an_all_float_plan_leaves_the_callers_model_alone(tiny_model_dir, tmp_path):
+    """With nothing quantized, quantize() works on a copy: storing bf16 weights as float16 and writing the
+    metadata used to rewrite the caller's FP32 model in place (a workbench then missed its range cache)."""
+    from vggt_deploy.quant.qdq import quantize
+    from vggt_deploy.quant.resolved import resolve_plan
+
+    exported = export_from_model(tiny_model_dir, tmp_path / "fp32", parse_plan(HEAD))
+    fp32 = onnx.load(str(exported.fp32))
+    before = fp32.SerializeToString()
+    plan = parse_plan(HEAD.replace("precision: int8", "precision: bf16"))
+    result = quantize(fp32, resolve_plan(plan, fp32), None, {}, "images", tmp_path / "cache")
+    assert fp32.SerializeToString() == before
+    assert result.report["fp16_storage_bytes_saved"] > 0
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in result.model.graph.initializer)

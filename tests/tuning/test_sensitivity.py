@@ -188,3 +188,14 @@ def test_a_plan_timed_on_openvino_is_read_for_openvino(tmp_path):
     assert _base_plan(base, "onnxruntime-cpu", "openvino").target == "onnxruntime-cpu"  # --target wins
     with pytest.raises(UserError, match="--runtime onnxruntime"):
         _base_plan(shipped_plan("mixed-dynamic"), None, "openvino")  # dynamic activations: ONNX Runtime only
+
+
+def test_the_nothing_quantized_variant_is_stored_as_its_target_runs_float(bench, tiny_model_dir, tiny_data, tmp_path):
+    """On openvino-cpu the float reference is the all-bf16 plan's file (16-bit weights), so a unit's size saving
+    compares files stored alike; on ONNX Runtime it is the FP32 file itself."""
+    assert bench.build(frozenset()) == bench.fp32_path
+    ov = Workbench(tiny_model_dir, parse_plan(BASE.replace("onnxruntime-cpu", "openvino-cpu"), "ov.yaml"),
+                   tmp_path / "ov", data_dir=tiny_data, cache_dir=tmp_path / "cache")
+    float_file = ov.build(frozenset())
+    assert float_file != ov.fp32_path
+    assert float_file.stat().st_size < 0.85 * ov.fp32_path.stat().st_size  # weights halve; the graph stays

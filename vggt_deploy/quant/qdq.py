@@ -165,6 +165,7 @@ def quantize(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     plan = resolved.plan
+    source_model = fp32
     smoothing = None
     weights_dir = fp32_path.parent if fp32_path is not None and has_external_data(fp32) else None
     if weights_dir is not None and plan.calibration.method == "entropy":
@@ -261,6 +262,9 @@ def quantize(
         report["smoothing"] = smoothing
     if norm_folding is not None:
         report["norm_folding"] = norm_folding
+    if model is source_model:  # nothing was quantized: what follows rewrites in place, and the caller's model stays
+        model = onnx.ModelProto()
+        model.CopyFrom(source_model)
     if plan.target == "openvino-cpu":
         report["fp16_storage_bytes_saved"] = store_weights_fp16(model, {
             layer.weight for layer in resolved.layers if layer.weight and resolved.spec(layer).precision == "bf16"})

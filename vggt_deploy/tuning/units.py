@@ -110,6 +110,12 @@ def quantizable_units(units: list[Unit], layers: list[Layer], base: QdqPlan) -> 
     return [u for u in units if u.attention or any(n in weighted and resolved[n].spec.quantized for n in u.layers)]
 
 
+def float_precision(target: str) -> str:
+    """What a unit kept float becomes on `target`: bf16 on openvino-cpu, where OpenVINO runs float layers in
+    bf16 (an fp32 rule would make it run the whole graph in f32), fp32 elsewhere."""
+    return "bf16" if target == "openvino-cpu" else "fp32"
+
+
 def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names: list[str],
               comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
     """A plan equal to `base` on the `quantized` units, float on every other unit.
@@ -117,12 +123,10 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
     Rules, first match wins: attention units that are quantized (int8, static,
     attention_matmuls on), then one float rule per float unit, then the base
     plan's rules that still decide some layer. `comments[unit]` is written
-    above that unit's rule. Float is bf16 on `openvino-cpu` (what OpenVINO runs
-    float layers in; an fp32 rule would make it run the whole graph in f32) and
-    fp32 on the other targets.
+    above that unit's rule. Float is `float_precision(base.target)`.
     """
     comments = comments or {}
-    float_precision = "bf16" if base.target == "openvino-cpu" else "fp32"
+    kept_float = float_precision(base.target)
     rules: list[tuple[str, dict, str]] = []
     for unit in units:
         if unit.attention and unit.name in quantized:
@@ -133,7 +137,7 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
             # smoothing and LayerNorm folding act on int8 layers only: a base default with them is switched off
             off = {**({"smoothing": None} if base.default.smoothing is not None else {}),
                    **({"fold_norm": False} if base.default.fold_norm else {})}
-            rules.append((unit.pattern, {"precision": float_precision, **off}, comments.get(unit.name, "")))
+            rules.append((unit.pattern, {"precision": kept_float, **off}, comments.get(unit.name, "")))
     generated = [Rule(p, o, 0) for p, o, _ in rules]
     deciding = set()
     for name in layer_names:

@@ -29,7 +29,7 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.executor import task_threads
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.plan import QdqPlan, Rule
-from vggt_deploy.tuning.units import Unit, model_units, quantizable_units, select_units, unit_plan
+from vggt_deploy.tuning.units import Unit, float_precision, model_units, quantizable_units, select_units, unit_plan
 
 METRICS = ("map", "output-error")
 
@@ -143,11 +143,12 @@ class BaseWorkbench:
     def build(self, quantized: Iterable[str]) -> Path:
         """The QDQ file of a variant (built once; the calibration ranges come from the shared cache).
 
-        No quantized unit gives the FP32 file itself.
+        No quantized unit gives the FP32 file itself, except where float units are bf16 (openvino-cpu): there
+        it is the all-float plan's file (weights stored 16-bit), so sizes and latencies compare like with like.
         """
         key = frozenset(quantized)
         if key not in self._built:
-            if not key:
+            if not key and float_precision(self.base.target) == "fp32":
                 self._built[key] = self.fp32_path
             else:
                 name = hashlib.sha256("\n".join(sorted(key)).encode()).hexdigest()[:16]
