@@ -222,11 +222,16 @@ def _unit_latency(res: Results) -> str:
     s = res["sensitivity"]
     saving = {u["unit"]: u["latency_saving_ms"] for u in s["units"]}
     blocks = [v for k, v in saving.items() if k.startswith("blocks.")] or [v for v in saving.values() if v > 0]
+    runtime = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}.get(s.get("runtime", "onnxruntime"), "the runtime")
+    floats = "bf16" if s.get("target") == "openvino-cpu" else "FP32"  # what the units kept float run in
     text = (f"**Per-unit latency savings are small and noisy** ({_span(blocks)} ms per backbone block on a "
-            f"{s['latency_ms']['fp32']:.1f} ms FP32 model)")
+            f"{s['latency_ms']['fp32']:.1f} ms {floats} model, timed in {runtime}")
+    if s.get("latency_noise_ms") is not None:
+        text += f"; savings within the run's timing noise, {s['latency_noise_ms']:.2f} ms, count as zero"
+    text += ")"
     slower = {k: v for k, v in saving.items() if v < 0}
     if slower:
-        text += (f"; quantizing {' and '.join(slower)} makes ONNX Runtime *slower* here ("
+        text += (f"; quantizing {' and '.join(slower)} makes {runtime} *slower* here ("
                  + ", ".join(f"{v:+.2f} ms" for v in slower.values()) + ")")
     return text + "."
 
@@ -239,7 +244,7 @@ def _auto(res: Results) -> str:
     return (f"**`plan auto --max-map-drop {a['budget_points'] / 100:g}`** keeps {', '.join(a['float'])} float and "
             f"quantizes the rest: measured drop {a['drop_points']:.2f} points (budget {a['budget_points']:.2f}, "
             f"{verdict}) and {lat['auto'] / lat['base']:.2f}x the latency of the base plan in the same run "
-            f"({lat['auto']:.2f} vs {lat['base']:.2f} ms; FP32 {lat['fp32']:.2f} ms). The additive prediction from the "
+            f"({lat['auto']:.2f} vs {lat['base']:.2f} ms; nothing quantized {lat['fp32']:.2f} ms). The additive prediction from the "
             f"subset ({a['predicted_points']:.2f} points) {quality}; the plan is always verified on the full split "
             f"({a['eval_images']} images).")
 
