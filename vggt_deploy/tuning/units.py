@@ -126,7 +126,10 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
     above that unit's rule. Float is `float_precision(base.target)`.
     """
     comments = comments or {}
-    kept_float = float_precision(base.target)
+    # what the float rules say: the target's float, without smoothing or LayerNorm folding (int8 layers only)
+    kept_float = {"precision": float_precision(base.target),
+                  **({"smoothing": None} if base.default.smoothing is not None else {}),
+                  **({"fold_norm": False} if base.default.fold_norm else {})}
     rules: list[tuple[str, dict, str]] = []
     for unit in units:
         if unit.attention and unit.name in quantized:
@@ -134,10 +137,7 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
                           comments.get(unit.name, "")))
     for unit in units:
         if unit.name not in quantized:
-            # smoothing and LayerNorm folding act on int8 layers only: a base default with them is switched off
-            off = {**({"smoothing": None} if base.default.smoothing is not None else {}),
-                   **({"fold_norm": False} if base.default.fold_norm else {})}
-            rules.append((unit.pattern, {"precision": kept_float, **off}, comments.get(unit.name, "")))
+            rules.append((unit.pattern, dict(kept_float), comments.get(unit.name, "")))
     generated = [Rule(p, o, 0) for p, o, _ in rules]
     deciding = set()
     for name in layer_names:
