@@ -1,5 +1,6 @@
-"""Shared by the tests of the FP32 weight rewrites (smoothing, LayerNorm folding): the plan they resolve,
-and ONNX Runtime's own static int8 quantization to compare a rewrite's real int8 error before and after."""
+"""Shared by the tests of the FP32 weight rewrites (smoothing, LayerNorm folding) and of QAT: the tiny int8
+plan they resolve, and ONNX Runtime's own static int8 quantization to compare a rewrite's real int8 error
+before and after."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ rules:
 """
 
 
-def rewrite_plan(rules: str, target: str) -> QdqPlan:
+def rewrite_plan(rules: str, target: str, source: str = "<plan>") -> QdqPlan:
     """int8 everywhere (per-channel weights, static activations, MinMax on 4 images) for `target`, plus `rules`."""
-    return parse_plan(_PLAN.format(target=target, rules=rules))
+    return parse_plan(_PLAN.format(target=target, rules=rules), source=source)
 
 
 def quantize_minmax(model: onnx.ModelProto, calib: list[dict[str, np.ndarray]], stem: Path) -> onnx.ModelProto:

@@ -8,13 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from int8_quant import rewrite_plan
 
-PLAN = """\
-version: 1
-target: {target}
-calibration: {{method: minmax, images: calib_data, num_images: 4}}
-default: {{precision: int8, weight_granularity: per-channel, activations: static}}
-rules:
+RULES = """\
   - match: "blocks.*"
     attention_matmuls: true
   - match: "heads.*"
@@ -24,11 +20,10 @@ rules:
 
 @pytest.fixture(scope="module")
 def qat_run(tiny_model_dir, tmp_path_factory):
-    from vggt_deploy.quant.plan import parse_plan
     from vggt_deploy.tuning.qat import QatConfig, run_qat
 
     out = tmp_path_factory.mktemp("qat") / "tiny_qat"
-    plan = parse_plan(PLAN.format(target="onnxruntime-cpu"), source="<tiny int8-attention>")
+    plan = rewrite_plan(RULES, "onnxruntime-cpu", source="<tiny int8-attention>")
     cfg = QatConfig(steps=8, lr=1e-3, scale_lr=1e-2, batch_size=4, train_images=16, checkpoint_every=4, log_every=1,
                     bf16=False)
     summary = run_qat(tiny_model_dir, plan, cfg, out, eval_images=8)
@@ -95,10 +90,9 @@ def test_export_uses_the_learned_scales_and_matches_fake_quant(qat_run, tmp_path
 def test_export_refuses_another_plan(qat_run, tmp_path):
     from vggt_deploy.compile import export_from_model
     from vggt_deploy.errors import UserError
-    from vggt_deploy.quant.plan import parse_plan
 
     out, _, _ = qat_run
-    other = parse_plan(PLAN.format(target="onnxruntime-cpu").replace("attention_matmuls: true", "precision: fp32"))
+    other = rewrite_plan(RULES.replace("attention_matmuls: true", "precision: fp32"), "onnxruntime-cpu")
     with pytest.raises(UserError, match="trained for plan"):
         export_from_model(out, tmp_path / "x", other)
     assert not (tmp_path / "x").exists()
@@ -106,10 +100,9 @@ def test_export_refuses_another_plan(qat_run, tmp_path):
 
 def test_tensorrt_flavour_passes_the_rules(qat_run, tiny_model_dir, tmp_path):
     """A QAT model trained for the TensorRT flavour exports symmetric QDQ that passes the validator."""
-    from vggt_deploy.quant.plan import parse_plan
     from vggt_deploy.tuning.qat import QatConfig, run_qat
 
-    plan = parse_plan(PLAN.format(target="tensorrt"))
+    plan = rewrite_plan(RULES, "tensorrt")
     summary = run_qat(tiny_model_dir, plan, QatConfig(steps=2, batch_size=2, train_images=4, bf16=False),
                       tmp_path / "trt_qat", eval_images=4)
     assert summary["metrics"]["qat"]["map"] >= 0  # export_from_model ran the TensorRT-rule validator
