@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vggt_deploy.bench.speed_bars import bars_sentence, peer_gap_sentence, profile_sentence
+from vggt_deploy.quant.plan_targets import KEPT_FLOAT
 
 Results = dict[str, dict]  # file stem -> parsed JSON
 
@@ -223,7 +224,7 @@ def _unit_latency(res: Results) -> str:
     saving = {u["unit"]: u["latency_saving_ms"] for u in s["units"]}
     blocks = [v for k, v in saving.items() if k.startswith("blocks.")] or [v for v in saving.values() if v > 0]
     runtime = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}.get(s.get("runtime", "onnxruntime"), "the runtime")
-    floats = "bf16" if s.get("target") == "openvino-cpu" else "FP32"  # what the units kept float run in
+    floats = KEPT_FLOAT.get(s.get("target"), "fp32").replace("fp32", "FP32")  # what the units kept float run in
     text = (f"**Per-unit latency savings are small and noisy** ({_span(blocks)} ms per backbone block on a "
             f"{s['latency_ms']['fp32']:.1f} ms {floats} model, timed in {runtime}")
     if s.get("latency_noise_ms") is not None:

@@ -23,6 +23,9 @@ TARGET_PRECISIONS = {"tensorrt": ("int8", "fp16", "fp32"), "onnxruntime-cpu": ("
 CANNOT_RUN_WHY = {("bf16", "onnxruntime-cpu"): "ONNX Runtime's CPU provider has no fast bf16 path; use target "
                                                "openvino-cpu for bf16 float layers, or fp32",
                   ("bf16", "tensorrt"): "TensorRT's reduced float precision is fp16"}
+# What a layer kept float becomes when a tool (sensitivity, plan auto) chooses: OpenVINO runs float layers in bf16,
+# and an fp32 layer would make it run the whole graph in f32; the other targets keep fp32.
+KEPT_FLOAT = {"tensorrt": "fp32", "onnxruntime-cpu": "fp32", "openvino-cpu": "bf16"}
 # Precisions a target could run but this release does not build yet, and what to use instead.
 NOT_IMPLEMENTED = {"int16": "int8 or fp32"}
 TARGET_ACTIVATIONS = {"tensorrt": ("static",), "onnxruntime-cpu": ACTIVATIONS, "openvino-cpu": ("static",)}

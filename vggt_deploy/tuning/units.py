@@ -30,6 +30,7 @@ import yaml
 from vggt_deploy.errors import UserError
 from vggt_deploy.graph.layers import Layer
 from vggt_deploy.quant.plan import InputSpec, QdqPlan, Rule, parse_plan
+from vggt_deploy.quant.plan_targets import KEPT_FLOAT
 
 UNIT_KINDS = ("block", "layer")
 ATTENTION_UNIT = "attention_matmuls"
@@ -110,12 +111,6 @@ def quantizable_units(units: list[Unit], layers: list[Layer], base: QdqPlan) -> 
     return [u for u in units if u.attention or any(n in weighted and resolved[n].spec.quantized for n in u.layers)]
 
 
-def float_precision(target: str) -> str:
-    """What a unit kept float becomes on `target`: bf16 on openvino-cpu, where OpenVINO runs float layers in
-    bf16 (an fp32 rule would make it run the whole graph in f32), fp32 elsewhere."""
-    return "bf16" if target == "openvino-cpu" else "fp32"
-
-
 def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names: list[str],
               comments: dict[str, str] | None = None, header: str = "") -> QdqPlan:
     """A plan equal to `base` on the `quantized` units, float on every other unit.
@@ -123,11 +118,11 @@ def unit_plan(base: QdqPlan, units: list[Unit], quantized: set[str], layer_names
     Rules, first match wins: attention units that are quantized (int8, static,
     attention_matmuls on), then one float rule per float unit, then the base
     plan's rules that still decide some layer. `comments[unit]` is written
-    above that unit's rule. Float is `float_precision(base.target)`.
+    above that unit's rule. Float is the target's `KEPT_FLOAT` (bf16 on openvino-cpu, else fp32).
     """
     comments = comments or {}
     # what the float rules say: the target's float, without smoothing or LayerNorm folding (int8 layers only)
-    kept_float = {"precision": float_precision(base.target),
+    kept_float = {"precision": KEPT_FLOAT[base.target],
                   **({"smoothing": None} if base.default.smoothing is not None else {}),
                   **({"fold_norm": False} if base.default.fold_norm else {})}
     rules: list[tuple[str, dict, str]] = []

@@ -29,7 +29,8 @@ from vggt_deploy.errors import UserError
 from vggt_deploy.executor import task_threads
 from vggt_deploy.paths import calibration_cache_dir
 from vggt_deploy.quant.plan import QdqPlan, Rule
-from vggt_deploy.tuning.units import Unit, float_precision, model_units, quantizable_units, select_units, unit_plan
+from vggt_deploy.quant.plan_targets import KEPT_FLOAT
+from vggt_deploy.tuning.units import Unit, model_units, quantizable_units, select_units, unit_plan
 
 METRICS = ("map", "output-error")
 
@@ -148,7 +149,7 @@ class BaseWorkbench:
         """
         key = frozenset(quantized)
         if key not in self._built:
-            if not key and float_precision(self.base.target) == "fp32":
+            if not key and KEPT_FLOAT[self.base.target] == "fp32":
                 self._built[key] = self.fp32_path
             else:
                 name = hashlib.sha256("\n".join(sorted(key)).encode()).hexdigest()[:16]
