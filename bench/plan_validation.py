@@ -8,7 +8,7 @@ disjoint from the reporting split), on OpenVINO (bf16 float parts) where the pla
 
 - the shipped `mixed` plan, and the same plan without LayerNorm folding (`fold_norm: false`);
 - the `nncf-ov` peer (NNCF PTQ, TRANSFORMER preset, the same calibration images), built as the bench
-  builds it;
+  builds it (in `vggt-deploy bench`'s build folder, so the peer the bench built is reused);
 - FP32 on ONNX Runtime (the reference) and in OpenVINO bf16.
 
     python bench/plan_validation.py     -> bench/results/plan_validation.{json,md}
@@ -27,11 +27,12 @@ from vggt_deploy.compile import export_from_model
 from vggt_deploy.data.coco import GroundingDataset, load_coco, synthetic_split
 from vggt_deploy.model.io import load_model
 from vggt_deploy.paths import default_model_dir, shipped_plan
-from vggt_deploy.quant.plan import load_plan, parse_plan
+from vggt_deploy.quant.plan import parse_plan
 from vggt_deploy.tuning.ablations import write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "plan_validation"
+BENCH_BUILD = ROOT / "build" / "bench"  # `vggt-deploy bench`'s folder: its cached peer and exports are reused
 REPORTED = 1000  # the bench's eval split: images 0..999, left out here
 HELD_OUT = 3000
 
@@ -49,17 +50,17 @@ def main() -> None:
     dataset = held_out_images()
     shipped = shipped_plan("mixed")
     without_fold = shipped.read_text().replace("fold_norm: true", "fold_norm: false")
-    builds = Builds(BenchConfig(model_dir=model, build_dir=BUILD / "bench"))
-    nncf_runner, _ = TARGETS["nncf-ov"].build(builds, builds.cfg)
+    builds = Builds(BenchConfig(model_dir=model, build_dir=BENCH_BUILD))
+    nncf_runner, nncf = TARGETS["nncf-ov"].build(builds, builds.cfg)
     nncf_runner.close()
     fp32 = builds.export(None)
     files = {
         "FP32 (ONNX Runtime, the reference)": ("ort", fp32),
         "FP32 graph, OpenVINO bf16": ("ov", fp32),
-        "shipped mixed (fold_norm on)": ("ov", export_from_model(model, BUILD / "mixed", load_plan(shipped)).qdq),
+        "shipped mixed (fold_norm on)": ("ov", builds.export("mixed")),
         "mixed without fold_norm": ("ov", export_from_model(
             model, BUILD / "mixed-nofold", parse_plan(without_fold, source="<mixed, fold_norm: false>")).qdq),
-        "nncf-ov (peer)": ("ov", BUILD / "bench" / "nncf-ov" / "model.xml"),
+        "nncf-ov (peer)": ("ov", nncf),
     }
     rows = []
     for label, (runtime, path) in files.items():
